@@ -1,0 +1,112 @@
+"""Reading an upload into a staging file: multipart ``file`` field or the raw body.
+
+Flask's request parses multipart bodies through ``_get_file_stream``; returning a StagingFile
+there makes file parts stream straight into the hashing staging file, so no upload is ever held
+whole in memory and the size limit stops reading as soon as it is passed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import IO, Any
+
+from flask import Request, current_app, g, request
+
+from app.errors import BadRequest, MissingFile
+from app.staging import StagingFile
+
+MAX_FILENAME = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode categories dropped from display names: controls (C0 and C1), format characters
+# (bidi overrides such as U+202E that make "gpj.exe" read "exe.jpg", zero-width joiners),
+# lone surrogates (not encodable: PostgreSQL and JSON encoders reject them), line and
+# paragraph separators (they break log lines and headers).
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+# werkzeug reads a multipart body in chunks of this size (FormDataParser.buffer_size).
+MULTIPART_CHUNK = 64 * 1024
+
+
+class OriginRequest(Request):
+    # Non-file form fields are tiny (filename, private); keep the parser's memory small. But
+    # werkzeug's multipart decoder applies this limit to its raw buffer too, file parts
+    # included: one read chunk plus the tail it holds back while looking for the boundary. At
+    # exactly one chunk (64 KiB), every multipart upload larger than that was refused with 413.
+    max_form_memory_size = 2 * MULTIPART_CHUNK
+    max_form_parts = 16
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        staging = current_app.config["IMAGE_ORIGIN"].service.new_staging_file()
+        g.setdefault("staging_files", []).append(staging)
+        return staging  # type: ignore[return-value]
+
+
+@dataclass
+class Upload:
+    staged: StagingFile
+    filename: str | None
+    private: bool
+
+
+def read_upload() -> Upload:
+    if request.mimetype == "multipart/form-data":
+        return _from_multipart()
+    return _from_raw_body()
+
+
+def _from_multipart() -> Upload:
+    storage = request.files.get("file")
+    if storage is None or not isinstance(storage.stream, StagingFile):
+        raise MissingFile("multipart field 'file' is required")
+    staged: StagingFile = storage.stream
+    if staged.size == 0:
+        raise MissingFile("the file is empty")
+    filename = request.form.get("filename") or storage.filename
+    return Upload(staged, clean_filename(filename), parse_bool(request.form.get("private")))
+
+
+def _from_raw_body() -> Upload:
+    private = parse_bool(request.args.get("private"))
+    filename = clean_filename(request.headers.get("X-Filename"))
+    staged = current_app.config["IMAGE_ORIGIN"].service.new_staging_file()
+    g.setdefault("staging_files", []).append(staged)
+    staged.copy_from(request.stream)
+    if staged.size == 0:
+        raise MissingFile("the request body is empty; send the image bytes or a 'file' field")
+    return Upload(staged, filename, private)
+
+
+def parse_bool(raw: Any) -> bool:
+    if raw is None or raw == "":
+        return False
+    value = str(raw).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise BadRequest("private must be true or false", code="invalid_private")
+
+
+def clean_filename(raw: str | None) -> str | None:
+    """Keep a display name only: directories stripped, control and format characters dropped,
+    bounded. Never used to build a path: blobs are named by their hash."""
+    if not raw:
+        return None
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if unicodedata.category(c) not in _DROPPED_CATEGORIES)
+    name = _CONTROL.sub("", kept).strip()
+    return name[:MAX_FILENAME].strip() or None
+
+
+def discard_staging(_exc: BaseException | None = None) -> None:
+    for staged in g.pop("staging_files", []):
+        staged.discard()

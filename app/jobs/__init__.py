@@ -1,0 +1,1 @@
+"""Background work: pre-generation now; gc, reconcile, verify and tier run here too."""

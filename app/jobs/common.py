@@ -1,0 +1,109 @@
+"""What the lifecycle jobs (gc, reconcile, verify, tier) share: progress, reports, grace, keys.
+
+Each job is a function over the Services container that streams the metadata in keyset-paged
+batches (bounded memory whatever the store's size), reports each finding through ``report`` (the
+CLI prints them; RQ and the in-process runner log them) and returns a result dataclass whose
+``ok`` decides the exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from app.imaging.variants import PIPELINE_VERSION
+from app.logs import event
+from app.settings import FORMATS, Settings, VariantSpec
+from app.storage import keys
+from app.variant_service import settings_fingerprint
+
+#: A grace below this (from the setting or ``--grace``) needs explicit confirmation: with a
+#: grace of 0, content deleted by a user a moment ago is gone before "undo" can restore it.
+GRACE_FLOOR_SECONDS = 60
+DEFAULT_BATCH = 500
+
+#: ``pause(stage, hash)``: a seam for tests (and nothing else) to interleave other actors at
+#: the protocol's steps deterministically; the default does nothing.
+Pause = Callable[[str, str], None]
+Report = Callable[[str], None]
+Clock = Callable[[], float]
+
+
+class GraceTooShort(ValueError):
+    """A grace period below the safety floor without confirmation."""
+
+
+class Progress(Protocol):
+    def start(self, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+def no_pause(stage: str, digest: str) -> None:
+    pass
+
+
+def no_report(line: str) -> None:
+    pass
+
+
+def log_report(job: str) -> Report:
+    """Findings as log events, for runs without a terminal (RQ, in-process runner)."""
+
+    def report(line: str) -> None:
+        event(f"{job}_finding", level=logging.WARNING, finding=line)
+
+    return report
+
+
+def check_grace(grace: float, confirmed: bool, *, what: str = "gc") -> None:
+    if grace < 0:
+        raise GraceTooShort(f"{what}: the grace period cannot be negative")
+    if grace < GRACE_FLOOR_SECONDS and not confirmed:
+        raise GraceTooShort(
+            f"{what}: a grace period of {grace:g} s is below the safety floor of "
+            f"{GRACE_FLOOR_SECONDS} s (deleted images could not be restored); "
+            "pass --grace with --yes to confirm"
+        )
+
+
+def cache_keys_for(digest: str, settings: Settings, stored: list[str]) -> list[str]:
+    """Every variant key the cache may hold for ``digest``: the stored ones plus every key the
+    current settings can produce (a variant may be cached without having been stored)."""
+    found = dict.fromkeys(stored)
+    for fmt in FORMATS:
+        for quality in settings.presets:
+            fingerprint = settings_fingerprint(VariantSpec(fmt, quality), settings)
+            version = f"{PIPELINE_VERSION}-{fingerprint}"
+            for width in (None, *settings.widths):
+                found.setdefault(keys.variant_key(digest, version, fmt, quality, width))
+    return list(found)
+
+
+def stored_variant_keys(services: Any, digest: str) -> list[str]:
+    """Variant blobs of ``digest``: the rows in ``variants`` plus any blob under its prefix
+    (a variant whose row was never written still has to go)."""
+    found = dict.fromkeys(v.key for v in services.meta.list_variants(digest))
+    for info in services.blobs.iter_blobs(keys.variant_prefix(digest)):
+        found.setdefault(info.key)
+    return list(found)
+
+
+def batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

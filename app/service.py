@@ -1,0 +1,418 @@
+"""The use cases: ingest, look up, delete, restore, read originals (and, later, variants).
+
+This is the one module that joins imaging, storage, metadata, cache and jobs. It holds the
+business rules (write order, dedup, privacy, integrity) and no HTTP: callers get records or
+domain errors from ``app.errors``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from app import metrics
+from app.errors import (
+    Forbidden,
+    Gone,
+    IntegrityFailure,
+    NotFoundError,
+    Unavailable,
+)
+from app.imaging.probe import probe
+from app.logs import event
+from app.metadata import (
+    TIER_ARCHIVED,
+    TIER_HOT,
+    TIER_RESTORING,
+    ContentInfo,
+    MetadataError,
+    MetadataStore,
+    NeedsBlob,
+    ObjectClaimed,
+    ObjectRecord,
+    Page,
+    ReferenceRecord,
+)
+from app.settings import Settings, VariantSpec
+from app.staging import StagingFile
+from app.storage import ArchivedError, BlobStore, NotFound, StorageError, keys
+from app.tiering import Tiering
+
+if TYPE_CHECKING:
+    from app.variant_service import Variant, VariantService
+
+READ_CHUNK = 256 * 1024
+SPOOL_MEMORY = 8 * 1024 * 1024
+INGEST_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    reference: ReferenceRecord
+    object: ObjectRecord
+    deduplicated: bool
+
+
+@dataclass
+class VerifiedOriginal:
+    """Bytes of an original that matched their hash, ready to stream."""
+
+    object: ObjectRecord
+    size: int
+    spool: BinaryIO
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        try:
+            self.spool.seek(0)
+            while chunk := self.spool.read(READ_CHUNK):
+                yield chunk
+        finally:
+            self.spool.close()
+
+    def read(self) -> bytes:
+        self.spool.seek(0)
+        try:
+            return self.spool.read()
+        finally:
+            self.spool.close()
+
+    def source(self) -> bytes | BinaryIO:
+        """What a decoder reads: the bytes when the spool is in memory, else the spool file
+        itself (a large original is then never held whole in memory). Valid until ``close``."""
+        self.spool.seek(0)
+        if self.size <= SPOOL_MEMORY:
+            return self.spool.read()
+        return self.spool
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+class ImageService:
+    def __init__(
+        self,
+        settings: Settings,
+        blobs: BlobStore,
+        meta: MetadataStore,
+        *,
+        on_new_content: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.meta = meta
+        self.clock = clock
+        self.on_new_content = on_new_content
+        self.tiers = Tiering(blobs, meta)
+        self.variants: VariantService | None = None  # wired by app.container
+
+    # --- ingest ----------------------------------------------------------------------------
+    def new_staging_file(self) -> StagingFile:
+        return StagingFile(self.settings.staging_dir, self.settings.max_upload_bytes)
+
+    def ingest(
+        self,
+        staged: StagingFile,
+        *,
+        owner: str,
+        filename: str | None,
+        private: bool,
+    ) -> IngestResult:
+        """Validate staged bytes and store them once; the caller discards the staging file.
+
+        Write order: blob first (idempotent), then one metadata transaction. A row therefore
+        never points at a missing blob; a crash in between leaves an orphan blob for reconcile.
+        Racing GC: a row GC has claimed makes us wait; a row GC may have emptied
+        (blob_missing_at) or removed makes us write the blob again (NeedsBlob); and an upload
+        that had to write checks the blob once more after its commit (``_ensure_blob``).
+        """
+        digest = staged.finish()
+        # Content already stored under this hash passed the full decode check when it was first
+        # uploaded; the same bytes decode the same way, so a duplicate is only re-checked
+        # against the type and pixel limits (which settings may have changed since).
+        known = self._get_object(digest) is not None
+        info = probe(staged.path, self.settings, decode=not known)
+        content = ContentInfo(digest, info.mime_type, staged.size, info.width, info.height)
+        key = keys.original_key(digest)
+        wrote_any = False
+        for attempt in range(INGEST_ATTEMPTS):
+            existing = self._get_object(digest)
+            must_write = existing is None or existing.blob_missing_at is not None
+            if existing is not None and existing.claimed_at(self.clock()):
+                # GC owns this content until its lease ends; wait rather than race it.
+                time.sleep(min(0.05 * (attempt + 1), 1.0))
+                continue
+            if must_write:
+                wrote_any = self._put_blob(key, staged.path, digest) or wrote_any
+            try:
+                ref, obj = self.meta.add_reference(
+                    content,
+                    ref_id=new_reference_id(),
+                    owner=owner,
+                    original_filename=filename,
+                    private=private,
+                    now=self.clock(),
+                    blob_written=must_write,
+                )
+            except NeedsBlob:
+                continue  # the row vanished (collected) between our look and our commit
+            except ObjectClaimed:
+                time.sleep(min(0.05 * (attempt + 1), 1.0))
+                continue
+            except MetadataError as exc:
+                raise Unavailable(
+                    "metadata store unavailable", code="database_unavailable"
+                ) from exc
+            if must_write:
+                wrote_any = self._ensure_blob(key, staged.path, digest) or wrote_any
+            metrics.UPLOADS.labels(deduplicated=str(not wrote_any).lower()).inc()
+            if wrote_any:
+                metrics.BYTES_INGESTED.inc(staged.size)
+                if self.on_new_content is not None:
+                    self._notify_new_content(digest)
+            return IngestResult(ref, obj, deduplicated=not wrote_any)
+        raise Unavailable("content is being collected; retry", code="busy")
+
+    def _ensure_blob(self, key: str, path: str, digest: str) -> bool:
+        """After the commit: put_file may have found an orphan blob (returning False) that
+        reconcile, or a collector whose placeholder row we could not see, removed before our
+        row existed. Our row is live now, so nothing removes the blob any more: one more
+        look, and one more write if it is gone, is final."""
+        try:
+            if self.blobs.exists(key):
+                return False
+        except StorageError as exc:
+            event("storage_check_failed", key=key, error=type(exc).__name__)
+            return False
+        event("blob_rewritten_after_commit", key=key)
+        return self._put_blob(key, path, digest)
+
+    def _put_blob(self, key: str, path: str, digest: str) -> bool:
+        try:
+            return self.blobs.put_file(key, path, sha256_hex=digest)
+        except StorageError as exc:
+            event("storage_write_failed", key=key, error=type(exc).__name__)
+            raise Unavailable("storage unavailable", code="storage_unavailable") from exc
+
+    def _notify_new_content(self, digest: str) -> None:
+        try:
+            self.on_new_content(digest)  # type: ignore[misc]
+        except Exception as exc:  # a failed enqueue never fails the upload
+            event("pregenerate_enqueue_failed", hash=digest, error=repr(exc))
+
+    # --- references ------------------------------------------------------------------------
+    def get_reference(self, owner: str, ref_id: str) -> tuple[ReferenceRecord, ObjectRecord]:
+        ref = self._db(self.meta.get_reference, ref_id)
+        if ref is None or ref.owner != owner or ref.deleted_at is not None:
+            raise NotFoundError("no such image")
+        obj = self._get_object(ref.hash)
+        if obj is None:
+            raise NotFoundError("no such image")
+        return ref, obj
+
+    def list_references(
+        self, owner: str, limit: int, cursor: str | None
+    ) -> tuple[list[tuple[ReferenceRecord, ObjectRecord]], str | None]:
+        page: Page[ReferenceRecord] = self._db(self.meta.list_references, owner, limit, cursor)
+        items = []
+        for ref in page.items:
+            obj = self._get_object(ref.hash)
+            if obj is not None:
+                items.append((ref, obj))
+        return items, page.next_cursor
+
+    def delete(self, owner: str, ref_id: str) -> ReferenceRecord:
+        before = self._get_object_of_reference(ref_id)
+        ref = self._db(self.meta.delete_reference, ref_id, owner, self.clock())
+        if ref is None:
+            raise NotFoundError("no such image")
+        after = self._get_object(ref.hash)
+        was_public = before is not None and before.has_public_ref
+        if was_public and (after is None or after.private or after.ref_count <= 0):
+            self._announce_purge(ref.hash)
+        return ref
+
+    def _get_object_of_reference(self, ref_id: str) -> ObjectRecord | None:
+        ref = self._db(self.meta.get_reference, ref_id)
+        return None if ref is None else self._get_object(ref.hash)
+
+    def _announce_purge(self, digest: str) -> None:
+        """Content stopped being public: shared caches (CDN, nginx) may hold any of its public
+        URLs for a year, made or not by this node, so name every URL the routes accept (and
+        the prefix, for CDNs that purge by prefix) for the operator's purge hook."""
+        base = (self.settings.cdn_base_url or "").rstrip("/")
+        widths: list[str] = [""] + [f"/{w}" for w in self.settings.widths]
+        paths = [f"{digest}/original"] + [
+            f"{digest}/{fmt}/{preset}{width}"
+            for fmt in ("jpeg", "webp", "avif", "auto")
+            for preset in self.settings.presets
+            for width in widths
+        ]
+        event(
+            "cdn_purge_required",
+            hash=digest,
+            prefix=f"{base}/{digest}/",
+            urls=[f"{base}/{p}" for p in paths],
+        )
+
+    def restore(self, owner: str, ref_id: str) -> tuple[ReferenceRecord, ObjectRecord]:
+        ref = self._db(self.meta.restore_reference, ref_id, owner, self.clock())
+        if ref is None:
+            raise NotFoundError("no such image, or it has been collected")
+        obj = self._get_object(ref.hash)
+        if obj is None:  # pragma: no cover - restore only succeeds while the row exists
+            raise NotFoundError("no such image")
+        return ref, obj
+
+    # --- serving ---------------------------------------------------------------------------
+    def object_for_serving(self, digest: str, *, signed: bool = False) -> ObjectRecord:
+        """Apply API.md's order of checks after the path and signature: 404, 410, 403."""
+        if not keys.is_hex_digest(digest):
+            raise NotFoundError("no such content")
+        obj = self._get_object(digest)
+        if obj is None:
+            raise NotFoundError("no such content")
+        if obj.ref_count <= 0:
+            raise Gone("every reference to this content has been deleted")
+        if obj.private and not signed:
+            raise Forbidden("this content is private; use a signed URL", code="private")
+        if obj.integrity_failed_at is not None:
+            raise IntegrityFailure("stored content failed its integrity check")
+        return obj
+
+    def get_variant(self, obj: ObjectRecord, spec: VariantSpec) -> Variant:
+        """A variant of content already checked by ``object_for_serving``."""
+        assert self.variants is not None
+        return self.variants.get(obj, spec)
+
+    def pregenerate(self, digest: str) -> int:
+        """Make the configured common variants; skips content that is gone or broken."""
+        assert self.variants is not None
+        obj = self._get_object(digest)
+        if obj is None or obj.ref_count <= 0 or obj.integrity_failed_at is not None:
+            return 0
+        made = 0
+        for spec in self.settings.pregenerate:
+            if self.variants.ensure(obj, spec).source == "transform":
+                made += 1
+        return made
+
+    def record_access(self, obj: ObjectRecord) -> None:
+        """Throttled: at most one write per object per interval, and never on the hot path's
+        critical section (a failure here does not fail the request)."""
+        now = self.clock()
+        last = obj.last_accessed_at
+        if last is not None and now - last < self.settings.access_interval_seconds:
+            return
+        try:
+            if self.meta.record_access(obj.hash, now, self.settings.access_interval_seconds):
+                metrics.ACCESS_WRITES.inc()
+        except MetadataError as exc:
+            event("access_record_failed", hash=obj.hash, error=str(exc))
+
+    def check_original_readable(self, obj: ObjectRecord) -> None:
+        """For HEAD: the same 503 a GET would give while an archived original is restored,
+        without reading (or re-hashing) the bytes."""
+        if obj.tier in (TIER_ARCHIVED, TIER_RESTORING):
+            self.tiers.await_restore(obj)
+
+    def read_original(self, obj: ObjectRecord) -> VerifiedOriginal:
+        """Spool the original while re-hashing it; hand it out only if the hash matches.
+
+        Tiers: a cold original (GLACIER_IR, local cold directory) is read at once and promoted
+        back to hot in the background. An archived one (GLACIER, DEEP_ARCHIVE) is restored on
+        demand: 503 with Retry-After while S3 restores it, then it is copied back to STANDARD
+        for good and served. Variants never come here when cached or stored.
+        """
+        key = keys.original_key(obj.hash)
+        if obj.tier in (TIER_ARCHIVED, TIER_RESTORING):
+            self.tiers.await_restore(obj)  # 503 while S3 is still restoring it
+        try:
+            verified = self._read_verified(obj, key)
+        except ArchivedError:
+            self.tiers.start_restore(obj)  # 503, unless a restored copy is readable already
+            try:
+                verified = self._read_verified(obj, key)
+            except ArchivedError as exc:
+                raise self.tiers.restoring(obj) from exc
+        if obj.tier != TIER_HOT:
+            self.tiers.after_cold_read(obj)
+        return verified
+
+    def promote(self, digest: str) -> bool:
+        """Move an original and its stored variants back to the hot tier (see app.tiering)."""
+        return self.tiers.promote(digest)
+
+    def _read_verified(self, obj: ObjectRecord, key: str) -> VerifiedOriginal:
+        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - handed to the caller
+            max_size=SPOOL_MEMORY, dir=str(self.settings.staging_dir)
+        )
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            self.settings.staging_dir.mkdir(parents=True, exist_ok=True)
+            with self.blobs.open(key) as stream:
+                while chunk := stream.read(READ_CHUNK):
+                    hasher.update(chunk)
+                    spool.write(chunk)
+                    size += len(chunk)
+        except NotFound as exc:
+            spool.close()
+            event("storage_blob_missing", key=key)
+            raise IntegrityFailure("stored content is missing") from exc
+        except ArchivedError:
+            spool.close()
+            raise
+        except StorageError as exc:
+            spool.close()
+            raise Unavailable("storage unavailable", code="storage_unavailable") from exc
+        except OSError as exc:
+            # The spool of a large original rolls over to the staging disk; a full or failing
+            # disk there is this server's trouble, not the client's: retry later (503).
+            spool.close()
+            code = (
+                "insufficient_storage"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else ("staging_unavailable")
+            )
+            event("original_spool_failed", key=key, error=code)
+            raise Unavailable("no room to read the original; retry later", code=code) from exc
+        except BaseException:
+            spool.close()
+            raise
+        actual = hasher.hexdigest()
+        if actual != obj.hash:
+            spool.close()
+            self._integrity_failure(key, obj.hash, actual)
+        return VerifiedOriginal(obj, size, spool)
+
+    def _integrity_failure(self, key: str, expected: str, actual: str) -> None:
+        event("storage_integrity_failure", level=40, key=key, expected=expected, actual=actual)
+        metrics.INTEGRITY_FAILURES.inc()
+        try:
+            self.meta.mark_integrity_failure(expected, self.clock())
+        except MetadataError as exc:
+            event("mark_integrity_failure_failed", hash=expected, error=str(exc))
+        raise IntegrityFailure("stored content failed its integrity check")
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _get_object(self, digest: str) -> ObjectRecord | None:
+        return self._db(self.meta.get_object, digest)
+
+    @staticmethod
+    def _db(fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args)
+        except MetadataError as exc:
+            raise Unavailable("metadata store unavailable", code="database_unavailable") from exc
+
+
+def new_reference_id() -> str:
+    """Opaque, unguessable reference ids: knowing one never reveals another."""
+    return "img_" + secrets.token_urlsafe(16)

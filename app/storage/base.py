@@ -1,0 +1,72 @@
+"""The BlobStore protocol: bytes by key, nothing else.
+
+Keys are validated strings (see ``app.storage.keys``) so that no backend ever builds a path or an
+object name from unvalidated input. Every backend turns its own "missing" error into ``NotFound``
+so the service never has to know which backend it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol, runtime_checkable
+
+# S3 storage classes that must be restored before a GET can read them.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+
+class StorageError(Exception):
+    """The backend failed in a way the caller cannot fix (network, disk, permissions)."""
+
+
+class NotFound(StorageError):
+    """No blob under this key."""
+
+
+class ArchivedError(StorageError):
+    """The blob exists but sits in an archive tier and must be restored before reading."""
+
+    def __init__(self, key: str, restoring: bool = False) -> None:
+        super().__init__(key)
+        self.key = key
+        self.restoring = restoring
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    last_modified: datetime
+    storage_class: str | None = None
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Bytes by key. Writes are atomic and idempotent; reads stream."""
+
+    def put_file(self, key: str, path: str, sha256_hex: str | None = None) -> bool:
+        """Store the file at ``path`` under ``key``; True if written, False if already there."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """Store ``data`` under ``key``, replacing anything there (variants are deterministic)."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the blob; raises NotFound or ArchivedError."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole blob; for small blobs such as variants."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def info(self, key: str) -> BlobInfo:
+        """Size, modification time and storage class; raises NotFound."""
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; a missing blob is not an error."""
+
+    def iter_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Every blob whose key starts with ``prefix``, in any order, streaming."""
+
+    def ping(self) -> None:
+        """Raise StorageError when the backend is unreachable."""

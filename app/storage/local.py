@@ -1,0 +1,348 @@
+"""Local-disk BlobStore: one file per blob, fanned out by hash, written atomically.
+
+Why this shape:
+- Paths come only from ``keys.relative_path`` after ``keys.validate``, so no request input can
+  name a file outside the store.
+- A write goes to a temporary file beside its target, is fsynced, then installed with
+  ``os.link`` (originals: never clobbers, so two racing uploads of the same content cannot
+  corrupt each other) or ``os.replace`` (variants: deterministic, overwrite is fine), and the
+  directory is fsynced. A reader therefore sees either no file or the whole file.
+- Tiering: an optional ``cold_root`` (usually a cheaper, slower disk) holds cold blobs under the
+  same relative paths. Cold blobs stay directly readable (like S3 GLACIER_IR, not an archive), so
+  ``open`` never raises ArchivedError here. ``BlobInfo.storage_class`` is ``"STANDARD"`` for a
+  blob under ``root`` and ``"COLD"`` for one under ``cold_root``; nothing else is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from app.storage import keys
+from app.storage.base import BlobInfo, NotFound, StorageError
+
+HOT = "STANDARD"
+COLD = "COLD"
+TIERS = ("hot", "cold")
+CHUNK = 1024 * 1024
+TMP_MARK = ".tmp-"
+
+
+def path_prefix(key_prefix: str) -> str | None:
+    """The longest relative-path prefix that every key starting with ``key_prefix`` maps under.
+
+    Lets ``iter_blobs`` walk (or list) only the part of the tree that can match. ``""`` means
+    "everything"; None means no key can start with ``key_prefix``. Callers still filter each
+    key with ``startswith``, so this only has to be a safe over-approximation.
+    """
+    for key_head, dir_head in (("sha256:", "sha256/"), ("variant:", "variants/")):
+        if key_head.startswith(key_prefix):
+            return "" if key_prefix != key_head else dir_head
+        if key_prefix.startswith(key_head):
+            rest = key_prefix[len(key_head) :]
+            hex_part = rest[:64]
+            if any(c not in "0123456789abcdef" for c in hex_part):
+                return None
+            if len(hex_part) < 4:
+                return dir_head + (f"{hex_part[:2]}/" if len(hex_part) >= 2 else "")
+            return f"{dir_head}{hex_part[:2]}/{hex_part[2:4]}/{rest}"
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_error(action: str, key: str, exc: OSError) -> StorageError:
+    return StorageError(f"local store: cannot {action} {key}: {exc.strerror or exc}")
+
+
+class LocalBlobStore:
+    """BlobStore on a local directory; see the module docstring for layout and tiers."""
+
+    #: What ``info().storage_class`` reports for a cold blob; same attribute as S3BlobStore's,
+    #: so callers can tell "cold" without knowing the backend.
+    cold_storage_class = COLD
+
+    def __init__(self, root: str | Path, cold_root: str | Path | None = None) -> None:
+        self.root = Path(root).absolute()
+        self.cold_root = Path(cold_root).absolute() if cold_root is not None else None
+        # Best effort, so a fresh install answers ping; a failure shows up in ping instead.
+        for base in (self.root, self.cold_root):
+            if base is not None:
+                with contextlib.suppress(OSError):
+                    base.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalBlobStore(root={str(self.root)!r}, cold_root={self.cold_root!s})"
+
+    # --- paths ------------------------------------------------------------------------------
+    def _hot(self, key: str) -> Path:
+        return self.root / keys.relative_path(keys.validate(key))
+
+    def _cold(self, key: str) -> Path | None:
+        if self.cold_root is None:
+            return None
+        return self.cold_root / keys.relative_path(keys.validate(key))
+
+    def _candidates(self, key: str) -> list[tuple[Path, str]]:
+        """Where the blob may be, hot first; hot again last to cover a concurrent move back."""
+        hot = self._hot(key)
+        cold = self._cold(key)
+        if cold is None:
+            return [(hot, HOT)]
+        return [(hot, HOT), (cold, COLD), (hot, HOT)]
+
+    def _locate(self, key: str) -> tuple[Path, str, os.stat_result] | None:
+        for path, storage_class in self._candidates(key):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            except NotADirectoryError:
+                continue
+            except OSError as exc:
+                raise _os_error("stat", key, exc) from exc
+            return path, storage_class, st
+        return None
+
+    # --- atomic writes ----------------------------------------------------------------------
+    def _write_temp(self, target: Path, chunks: Iterator[bytes]) -> tuple[Path, str]:
+        """Write ``chunks`` to a fresh temp file beside ``target``; return it and its SHA-256."""
+        digest = hashlib.sha256()
+        for attempt in range(3):  # a concurrent delete may prune the fan-out dir under us
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}{TMP_MARK}{secrets.token_hex(8)}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return tmp, digest.hexdigest()
+
+    def put_file(self, key: str, path: str | Path, sha256_hex: str | None = None) -> bool:
+        """Copy ``path`` in under ``key``; False (and nothing written) if the key already exists.
+
+        With ``sha256_hex`` the bytes are hashed while copied and a mismatch raises StorageError
+        before anything is installed.
+        """
+        target = self._hot(key)
+        if self._locate(key) is not None:
+            return False
+        try:
+            with open(path, "rb") as src:
+                tmp, actual = self._write_temp(target, iter(lambda: src.read(CHUNK), b""))
+        except OSError as exc:
+            raise _os_error("write", key, exc) from exc
+        try:
+            if sha256_hex is not None and actual != sha256_hex.lower():
+                raise StorageError(f"local store: sha256 mismatch for {key}; nothing stored")
+            return self._install_no_clobber(tmp, target)
+        except OSError as exc:
+            raise _os_error("install", key, exc) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    @staticmethod
+    def _install_no_clobber(tmp: Path, target: Path) -> bool:
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # Filesystem without hard links: the check-then-replace race only ever swaps in
+            # identical content, because the key is the content's hash.
+            if target.exists():
+                return False
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return True
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """Store ``data`` under ``key``, replacing any previous blob (hot or cold)."""
+        target = self._hot(key)
+        try:
+            tmp, _ = self._write_temp(target, iter((bytes(data),)))
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            _fsync_dir(target.parent)
+            cold = self._cold(key)
+            if cold is not None:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    cold.unlink()
+        except OSError as exc:
+            raise _os_error("write", key, exc) from exc
+
+    # --- reads ------------------------------------------------------------------------------
+    def open(self, key: str) -> BinaryIO:
+        for path, _ in self._candidates(key):
+            try:
+                return open(path, "rb")  # the caller closes it
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise _os_error("open", key, exc) from exc
+        raise NotFound(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    def exists(self, key: str) -> bool:
+        return self._locate(key) is not None
+
+    def info(self, key: str) -> BlobInfo:
+        found = self._locate(key)
+        if found is None:
+            raise NotFound(key)
+        _, storage_class, st = found
+        return BlobInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), storage_class)
+
+    def delete(self, key: str) -> None:
+        for path, base in ((self._hot(key), self.root), (self._cold(key), self.cold_root)):
+            if path is None or base is None:
+                continue
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise _os_error("delete", key, exc) from exc
+            self._prune(path.parent, base)
+
+    @staticmethod
+    def _prune(directory: Path, base: Path) -> None:
+        """Remove fan-out directories left empty, never ``base`` itself."""
+        while directory != base and base in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def iter_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Walk hot then cold; a blob present in both (mid-move) is reported once, as hot."""
+        rel = path_prefix(prefix)
+        if rel is None:
+            return
+        start = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        yield from self._walk(self.root, start, prefix, HOT, None)
+        if self.cold_root is not None:
+            yield from self._walk(self.cold_root, start, prefix, COLD, self.root)
+
+    def _walk(
+        self, base: Path, start: str, prefix: str, storage_class: str, shadow: Path | None
+    ) -> Iterator[BlobInfo]:
+        top = base / start if start else base
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, base).replace(os.sep, "/")
+            for name in sorted(filenames):
+                if name.startswith(".") or TMP_MARK in name:
+                    continue
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                key = keys.key_from_relative_path(rel)
+                if key is None or not key.startswith(prefix):
+                    continue
+                if shadow is not None and (shadow / rel).is_file():
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted or moved while we walked
+                mtime = datetime.fromtimestamp(st.st_mtime, UTC)
+                yield BlobInfo(key, st.st_size, mtime, storage_class)
+
+    def ping(self) -> None:
+        """Prove the root exists and takes a write (os.access is not enough for root)."""
+        probe = self.root / f".ping{TMP_MARK}{secrets.token_hex(8)}"
+        try:
+            if not self.root.is_dir():
+                raise StorageError(f"local store: {self.root} is not a directory")
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"local store: {self.root} not writable: {exc.strerror}") from exc
+
+    # --- tiers ------------------------------------------------------------------------------
+    def set_tier(self, key: str, tier: str) -> None:
+        """Move the blob to ``tier`` ("hot": under root, "cold": under cold_root).
+
+        Copy-then-remove keeps the blob readable throughout: for a moment it exists in both
+        places and readers prefer the hot copy, which is identical.
+        """
+        if tier not in TIERS:
+            raise ValueError(f"tier must be 'hot' or 'cold', not {tier!r}")
+        hot, cold = self._hot(key), self._cold(key)
+        if cold is None:
+            raise StorageError("local store: no cold directory configured")
+        src, dst, src_base = (
+            (hot, cold, self.root) if tier == "cold" else (cold, hot, self.cold_root)
+        )
+        if not src.is_file():
+            if dst.is_file():
+                return  # already there
+            raise NotFound(key)
+        try:
+            self._move(src, dst)
+        except FileNotFoundError as exc:
+            if dst.is_file():
+                return  # a concurrent move got there first
+            raise NotFound(key) from exc
+        except OSError as exc:
+            raise _os_error("move", key, exc) from exc
+        assert src_base is not None
+        self._prune(src.parent, src_base)
+
+    def _move(self, src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with open(src, "rb") as fh:
+                tmp, _ = self._write_temp(dst, iter(lambda: fh.read(CHUNK), b""))
+            try:
+                shutil.copystat(src, tmp)
+                os.replace(tmp, dst)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            _fsync_dir(dst.parent)
+            src.unlink()
+        else:
+            _fsync_dir(dst.parent)
+        _fsync_dir(src.parent)
