@@ -3,8 +3,10 @@ the same work as RQ jobs (task wrappers and the shipped cron schedule)."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,17 +86,38 @@ def test_every_command_has_help(cli):
     assert "--dry-run" in cli("verify", "--help").output
 
 
+def _wait_until_open(proc, path: Path, timeout: float = 60.0) -> None:
+    """Block until ``proc`` holds ``path`` open (read from /proc), or fail if it exits first."""
+    fd_dir = Path(f"/proc/{proc.pid}/fd")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gc exited early: {proc.communicate()}")
+        try:
+            targets = {os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)}
+        except OSError:  # an fd closed while we looked
+            targets = set()
+        if str(path.resolve()) in targets:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"gc (pid {proc.pid}) did not open {path} within {timeout} s")
+
+
 # --- 12. two gc processes at once --------------------------------------------------------------
 def test_two_gc_processes_at_once(services, data_dir):
     garbage = {_garbage(services, 100 + i, variant=i % 3 == 0) for i in range(120)}
     live = {ingest(services, content(1000 + i)).object.hash for i in range(10)}
     # Line them up: hold the database's write lock while both start, so both queue behind it
-    # (busy timeout 15 s) and are released together, whatever their start-up times.
+    # (busy timeout 15 s) and are released together, whatever their start-up times. The gate
+    # opens only once both processes have the database open (their start-up, which can take
+    # seconds on a loaded machine, is over), not after a fixed sleep.
     gate = db(data_dir)
     gate.execute("BEGIN IMMEDIATE")
     try:
         procs = [spawn(data_dir, "gc", "--grace", "0", "--yes", "-v", "--batch", "7") for _ in "ab"]
-        time.sleep(2.0)
+        for proc in procs:
+            _wait_until_open(proc, data_dir / "metadata.db")
+        time.sleep(0.5)  # past the candidate query, into the first claim
     finally:
         gate.execute("ROLLBACK")
         gate.close()
