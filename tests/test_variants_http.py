@@ -192,8 +192,10 @@ def test_transform_bound_and_time_limit(data_dir, monkeypatch):
 
     real_render = vs.render
     gate = threading.Event()
+    entered = threading.Event()
 
     def slow_render(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
         gate.wait(5)
         return real_render(*args, **kwargs)
 
@@ -210,7 +212,7 @@ def test_transform_bound_and_time_limit(data_dir, monkeypatch):
 
     first = threading.Thread(target=get, args=(f"/{doc['hash']}/webp/high/160",))
     first.start()
-    time.sleep(0.1)
+    assert entered.wait(10)  # the only transform slot is taken
     busy = c.get(f"/{doc['hash']}/jpeg/high/160")
     assert busy.status_code == 503 and busy.json["error"]["code"] == "busy"
     assert int(busy.headers["Retry-After"]) > 0

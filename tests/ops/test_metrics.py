@@ -229,8 +229,13 @@ def test_access_log_is_json_with_the_request_id(live: LiveServer) -> None:
     ).json()["url"]
     token = signed.split("/s/")[1].split("/")[0]
     assert requests.get(signed, headers={"User-Agent": 'quote " and \\ backslash'}).ok
-    time.sleep(0.3)
-    lines = access_lines(live)
+    deadline = time.monotonic() + 15  # access lines are written after the response
+    while True:
+        lines = access_lines(live)
+        if any(r["ua"] == 'quote " and \\ backslash' for r in lines):
+            break
+        assert time.monotonic() < deadline, "access log line of the last request never came"
+        time.sleep(0.05)
     by_id = {r["request_id"]: r for r in lines}
     assert by_id["edge-abc.123"]["path"] == "/v1/config"
     assert by_id["edge-abc.123"]["status"] == 200 and by_id["edge-abc.123"]["method"] == "GET"
