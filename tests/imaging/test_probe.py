@@ -78,7 +78,7 @@ def _bomb_check(data: bytes, settings) -> TooManyPixels:
         tracemalloc.stop()
     # No pixel buffer was allocated (it would be gigabytes) and no decoding happened.
     assert peak < 1_000_000
-    assert elapsed < 0.5
+    assert elapsed < 5  # decoding the bomb would take minutes; generous for a loaded machine
     assert info.value.status == 422 and info.value.code == "too_many_pixels"
     return info.value
 
