@@ -19,12 +19,14 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
-
-import redis
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 from app import metrics
 from app.logs import event
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_PREFIX = "image-origin:"
 LOG_INTERVAL_SECONDS = 30.0
@@ -91,9 +93,17 @@ class _Throttle:
             event("redis_unavailable", level=logging.WARNING, op=op, error=type(exc).__name__)
 
 
+def _redis() -> ModuleType:
+    """redis-py, imported on first use: a node without Redis configured never loads it (about
+    8 MB of resident memory in every worker)."""
+    import redis
+
+    return redis
+
+
 def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
     """Short timeouts: a slow Redis must not stall a request longer than a transform would."""
-    return redis.Redis.from_url(
+    return _redis().Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -108,11 +118,12 @@ class RedisCache:
         self.item_max = item_max_bytes
         self.ttl = ttl_seconds
         self._throttle = _Throttle()
+        self._errors = _redis().RedisError
 
     def get(self, key: str) -> bytes | None:
         try:
             return self.client.get(REDIS_PREFIX + key)  # type: ignore[return-value]
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._throttle.report("get", exc)
             return None
 
@@ -121,7 +132,7 @@ class RedisCache:
             return  # big items live in the BlobStore only
         try:
             self.client.set(REDIS_PREFIX + key, data, ex=self.ttl)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._throttle.report("set", exc)
 
     def delete(self, *keys: str) -> None:
@@ -129,7 +140,7 @@ class RedisCache:
             return
         try:
             self.client.delete(*(REDIS_PREFIX + k for k in keys))
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._throttle.report("delete", exc)
 
 
@@ -183,12 +194,13 @@ class RedisLocks:
         self.client = client
         self.fallback = fallback
         self._throttle = _Throttle()
+        self._errors = _redis().RedisError
 
     def try_acquire(self, name: str, ttl: float) -> object | None:
         token = secrets.token_hex(16)
         try:
             ok = self.client.set(REDIS_PREFIX + "lock:" + name, token, nx=True, px=int(ttl * 1000))
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._throttle.report("lock", exc)
             handle = self.fallback.try_acquire(name, ttl)
             return None if handle is None else ("file", handle)
@@ -201,7 +213,7 @@ class RedisLocks:
             return
         try:
             self.client.eval(_RELEASE_SCRIPT, 1, REDIS_PREFIX + "lock:" + name, value)
-        except redis.RedisError as exc:  # it expires by itself
+        except self._errors as exc:  # it expires by itself
             self._throttle.report("unlock", exc)
 
 

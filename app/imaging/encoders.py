@@ -32,17 +32,19 @@ def encode(im: Image.Image, fmt: str, options: Mapping[str, int]) -> bytes:
     buf = io.BytesIO()
     quality = int(options["quality"])
     if fmt == "jpeg":
-        # optimize: Huffman tables fitted to the image (smaller, same pixels); progressive: smaller
-        # for photos and renders early on slow links. Subsampling stays libjpeg's 4:2:0 default.
-        im.save(buf, "JPEG", quality=quality, progressive=True, optimize=True)
+        # optimize: Huffman tables fitted to the image (smaller, same pixels, cheap). progressive
+        # (a preset option): about 2% smaller and renders early on slow links, but encodes in
+        # about 2.5x the time. Subsampling stays libjpeg's 4:2:0 default.
+        progressive = bool(options.get("progressive", 0))
+        im.save(buf, "JPEG", quality=quality, progressive=progressive, optimize=True)
     elif fmt == "webp":
-        im.save(buf, "WEBP", quality=quality, method=int(options.get("method", 4)), exif=b"")
+        im.save(buf, "WEBP", quality=quality, method=int(options.get("method", 2)), exif=b"")
     elif fmt == "avif":
         im.save(
             buf,
             "AVIF",
             quality=quality,
-            speed=int(options.get("speed", 8)),
+            speed=int(options.get("speed", 9)),
             max_threads=AVIF_THREADS,
             icc_profile=b"",
             exif=b"",
@@ -68,7 +70,7 @@ def encode_animated_webp(
         duration=list(durations),
         loop=loop,
         quality=int(options["quality"]),
-        method=int(options.get("method", 4)),
+        method=int(options.get("method", 2)),
         background=(0, 0, 0, 0),
         exif=b"",
     )

@@ -85,8 +85,14 @@ def test_path_and_bytes_give_the_same_result(tmp_path, settings) -> None:
     assert render(str(path), spec, settings) == render(SOURCES["webp"], spec, settings)
 
 
-def test_jpeg_output_is_progressive(settings) -> None:
-    out = decode(render(SOURCES["jpeg"], VariantSpec("jpeg", "high", 320), settings).data)
+def test_jpeg_is_baseline_unless_the_preset_asks_for_progressive(settings) -> None:
+    spec = VariantSpec("jpeg", "high", 320)
+    baseline = decode(render(SOURCES["jpeg"], spec, settings).data)
+    assert not (baseline.info.get("progressive") or baseline.info.get("progression"))
+    presets = {**settings.presets, "high": {**settings.presets["high"]}}
+    presets["high"]["jpeg"] = {"quality": 85, "progressive": 1}
+    progressive = settings.with_overrides(presets=presets)
+    out = decode(render(SOURCES["jpeg"], spec, progressive).data)
     assert out.info.get("progressive") or out.info.get("progression")
 
 
