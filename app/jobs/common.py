@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from app.imaging.variants import PIPELINE_VERSION
 from app.logs import event
+from app.metadata import VariantRecord
 from app.settings import FORMATS, Settings, VariantSpec
 from app.storage import keys
 from app.variant_service import settings_fingerprint
@@ -76,23 +77,44 @@ def check_grace(grace: float, confirmed: bool, *, what: str = "gc") -> None:
         )
 
 
-def cache_keys_for(digest: str, settings: Settings, stored: list[str]) -> list[str]:
-    """Every variant key the cache may hold for ``digest``: the stored ones plus every key the
-    current settings can produce (a variant may be cached without having been stored)."""
-    found = dict.fromkeys(stored)
+def cache_key_suffixes(settings: Settings) -> list[str]:
+    """What follows ``variant:<hash>/`` in every variant key the current settings can produce.
+    It is the same for every hash, so a job computes it once rather than once per object (the
+    fingerprints hash the encoder settings)."""
+    probe = "0" * 64
+    skip = len(keys.variant_prefix(probe))
+    suffixes = []
     for fmt in FORMATS:
         for quality in settings.presets:
             fingerprint = settings_fingerprint(VariantSpec(fmt, quality), settings)
             version = f"{PIPELINE_VERSION}-{fingerprint}"
             for width in (None, *settings.widths):
-                found.setdefault(keys.variant_key(digest, version, fmt, quality, width))
+                suffixes.append(keys.variant_key(probe, version, fmt, quality, width)[skip:])
+    return suffixes
+
+
+def cache_keys_for(
+    digest: str, settings: Settings, stored: list[str], suffixes: list[str] | None = None
+) -> list[str]:
+    """Every variant key the cache may hold for ``digest``: the stored ones plus every key the
+    current settings can produce (a variant may be cached without having been stored).
+    ``suffixes``: ``cache_key_suffixes(settings)``, when the caller keeps it for many hashes."""
+    found = dict.fromkeys(stored)
+    prefix = keys.variant_prefix(digest)  # validates the hash, so every key below is valid
+    for suffix in cache_key_suffixes(settings) if suffixes is None else suffixes:
+        found.setdefault(prefix + suffix)
     return list(found)
 
 
-def stored_variant_keys(services: Any, digest: str) -> list[str]:
-    """Variant blobs of ``digest``: the rows in ``variants`` plus any blob under its prefix
-    (a variant whose row was never written still has to go)."""
-    found = dict.fromkeys(v.key for v in services.meta.list_variants(digest))
+def stored_variant_keys(
+    services: Any, digest: str, rows: list[VariantRecord] | None = None
+) -> list[str]:
+    """Variant blobs of ``digest``: the rows in ``variants`` (``rows`` when the caller read them
+    already, for a whole batch) plus any blob under its prefix (a variant whose row was never
+    written still has to go)."""
+    if rows is None:
+        rows = services.meta.list_variants(digest)
+    found = dict.fromkeys(v.key for v in rows)
     for info in services.blobs.iter_blobs(keys.variant_prefix(digest)):
         found.setdefault(info.key)
     return list(found)

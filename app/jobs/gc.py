@@ -17,6 +17,26 @@ window):
    still 0 and no live reference exists. If that fails because an upload revived the row, the
    blob is checked and, if it is gone, the loss is recorded as damage (GC then refuses to run).
 
+Batches. The steps run for a page of candidates at a time, each metadata step one transaction
+for the whole page (``gc_claim_many``, ``gc_renew_many``, ``gc_finish_many``): one commit per
+object and step was most of a run's time. Each object keeps its own lease and its own checks: an
+object whose claim or renewal fails drops out of the batch, alone. What changes is only when a
+renewal happens: not immediately before each deletion but at most ``renew_every`` (a tenth of
+the margin) before it, by the collector's clock; a stall longer than that renews first, and a
+lease lost meanwhile stops that object's deletions as before. So every deletion still starts
+with at least the lease minus ``renew_every`` in hand, far more than the margin step 3 asks for.
+The steps of one object keep their order: variants, then the marking renewal, then the original
+(the marks of the whole page are committed before its first original is deleted), then rows.
+
+Durability. Nothing here needs a deletion to be durable before the next step: a deletion lost to
+a crash only brings a blob back (an orphan, which reconcile removes; or the blob of a row marked
+blob_missing_at, which the next run collects). What must not be lost is the mark once the blob's
+deletion is on disk, or an unmarked row would name a missing blob that an upload could revive
+without writing it: the marking renewal's commit is durable (on SQLite, whose other commits are
+not under synchronous=NORMAL, it syncs the WAL; once per page), and it happens before any of the
+page's originals is deleted. Row deletions need no sync: lost, they leave marked rows for the
+next run.
+
 Reconcile uses the same collector for orphan blobs: it adopts them with a placeholder row that
 it claims at once (``MetadataStore.gc_adopt_orphan``), so uploads racing it behave as above.
 """
@@ -37,6 +57,7 @@ from app.jobs.common import (
     Pause,
     Progress,
     Report,
+    cache_key_suffixes,
     cache_keys_for,
     check_grace,
     log_report,
@@ -66,8 +87,18 @@ def lease_margin(lease_seconds: float) -> float:
     return max(1.0, lease_seconds / 4)
 
 
+def renew_interval(margin: float) -> float:
+    """How long after a renewal a batch may go on deleting before renewing again."""
+    return margin / 10
+
+
+#: Keys per cache delete call: one Redis DEL for many objects, but never an unbounded one.
+CACHE_DELETE_CHUNK = 2000
+
+
 class Collector:
-    """Deletes one claimed object: cache entries, stored variants, the original, the rows."""
+    """Deletes claimed objects, a batch at a time: cache entries, stored variants, the
+    originals, the rows (the module docstring has the protocol and why it is safe)."""
 
     def __init__(
         self,
@@ -85,6 +116,8 @@ class Collector:
         self.pause = pause
         self.lease = float(lease_seconds or services.settings.gc_lease_seconds)
         self.margin = lease_margin(self.lease)
+        self.renew_every = renew_interval(self.margin)
+        self._suffixes: list[str] | None = None
 
     @staticmethod
     def new_token() -> str:
@@ -93,52 +126,40 @@ class Collector:
     def lease_until(self) -> float:
         return self.clock() + self.lease
 
-    def claim(self, digest: str, token: str, grace: float) -> bool:
+    def claim_many(self, digests: list[str], token: str, grace: float) -> tuple[set[str], float]:
+        """Step 2 for a batch: the digests ``token`` now holds, and when their leases began."""
         now = self.clock()
-        return self.meta.gc_claim(
-            digest, token, now=now, cutoff=now - grace, lease_until=now + self.lease
+        held = self.meta.gc_claim_many(
+            digests, token, now=now, cutoff=now - grace, lease_until=now + self.lease
         )
-
-    def _renew(self, digest: str, token: str, *, mark_blob_missing: bool = False) -> bool:
-        now = self.clock()
-        return self.meta.gc_renew(
-            digest,
-            token,
-            now=now,
-            margin=self.margin,
-            lease_until=now + self.lease,
-            mark_blob_missing=mark_blob_missing,
-        )
+        return held, now
 
     def collect(self, digest: str, token: str) -> str:
-        original = keys.original_key(digest)
-        self.pause("claimed", digest)
+        """Collect one object ``token`` holds (reconcile's adopted orphans)."""
+        return self.collect_many([digest], token)[digest]
+
+    def collect_many(
+        self, digests: list[str], token: str, *, leased_at: float | None = None
+    ) -> dict[str, str]:
+        """Collect objects ``token`` holds; the outcome of each. ``leased_at``: when the claim
+        (or last renewal) of all of them committed, if the caller knows; a claim that recent
+        counts as the renewal before the first deletion."""
+        batch = _Batch(self, token, digests, leased_at)
         try:
-            variants = stored_variant_keys(self.services, digest)
-            cached = cache_keys_for(digest, self.services.settings, variants)
-            if not self._renew(digest, token):
-                return LEASE_LOST
-            self.cache.delete(*cached)
-            for key in variants:
-                self.pause("variant", digest)
-                if not self._renew(digest, token):
-                    return LEASE_LOST
-                self.blobs.delete(key)
-            self.pause("original", digest)
-            if not self._renew(digest, token, mark_blob_missing=True):
-                return LEASE_LOST
-            # The residual window: from the renewal's commit to the delete reaching storage.
-            self.pause("window", digest)
-            self.blobs.delete(original)
-            self.pause("rows", digest)
-            if not self.meta.gc_finish(digest, token, now=self.clock()):
-                return self._finish_refused(digest, original)
-        except (StorageError, MetadataError) as exc:
-            event("gc_object_failed", level=logging.WARNING, hash=digest, error=str(exc))
-            return ERROR
-        # A transform that read the original before it went may have cached a variant since.
-        self.cache.delete(*cached)
-        return COLLECTED
+            batch.run()
+        except MetadataError as exc:  # a batch step failed: whatever was still held, fails
+            for digest in list(batch.held):
+                batch.fail(digest, exc)
+        return batch.outcomes
+
+    def cache_keys(self, digest: str, variants: list[str]) -> list[str]:
+        if self._suffixes is None:
+            self._suffixes = cache_key_suffixes(self.services.settings)
+        return cache_keys_for(digest, self.services.settings, variants, self._suffixes)
+
+    def delete_cached(self, keys_: list[str]) -> None:
+        for start in range(0, len(keys_), CACHE_DELETE_CHUNK):
+            self.cache.delete(*keys_[start : start + CACHE_DELETE_CHUNK])
 
     def _finish_refused(self, digest: str, original: str) -> str:
         """Our lease ended after the blob was deleted. Harmless unless an upload revived the
@@ -154,6 +175,116 @@ class Collector:
         )
         event("gc_race_lost", level=logging.ERROR, hash=digest)
         return RACE_LOST
+
+
+class _Batch:
+    """One batch of claimed objects going through steps 3 to 6 together.
+
+    ``held`` is what this token still holds, in order; an object leaves it with its outcome.
+    ``pause`` is called per object at each stage, in the same order relative to that object's
+    renewals and deletions as when objects went one at a time.
+    """
+
+    def __init__(
+        self, collector: Collector, token: str, digests: list[str], leased_at: float | None
+    ) -> None:
+        self.c = collector
+        self.token = token
+        self.held: dict[str, None] = dict.fromkeys(digests)
+        self.outcomes: dict[str, str] = {}
+        self.renewed_at = leased_at
+        self.variants: dict[str, list[str]] = {}
+        self.cached: dict[str, list[str]] = {}
+
+    def done(self, digest: str, outcome: str) -> None:
+        self.held.pop(digest, None)
+        self.outcomes[digest] = outcome
+
+    def fail(self, digest: str, exc: Exception) -> None:
+        event("gc_object_failed", level=logging.WARNING, hash=digest, error=str(exc))
+        self.done(digest, ERROR)
+
+    def renew(self, *, mark_blob_missing: bool = False) -> None:
+        """Renew every lease still held; the ones that cannot be renewed are lost."""
+        if not self.held:
+            return
+        now = self.c.clock()
+        renewed = self.c.meta.gc_renew_many(
+            list(self.held),
+            self.token,
+            now=now,
+            margin=self.c.margin,
+            lease_until=now + self.c.lease,
+            mark_blob_missing=mark_blob_missing,
+        )
+        self.renewed_at = now
+        for digest in list(self.held):
+            if digest not in renewed:
+                self.done(digest, LEASE_LOST)
+
+    def keep_fresh(self) -> None:
+        """Before a deletion: renew first if the last renewal (or the claim) is older than
+        ``renew_every``: a stall, or a long batch."""
+        if self.renewed_at is None or self.c.clock() - self.renewed_at >= self.c.renew_every:
+            self.renew()
+
+    def fresh(self, digest: str) -> bool:
+        """``keep_fresh``, then: may ``digest`` be deleted from?"""
+        self.keep_fresh()
+        return digest in self.held
+
+    def run(self) -> None:
+        c = self.c
+        if not self.held:
+            return
+        for digest in self.held:
+            c.pause("claimed", digest)
+        rows = c.meta.list_variants_many(list(self.held))
+        for digest in list(self.held):
+            try:
+                self.variants[digest] = stored_variant_keys(c.services, digest, rows[digest])
+            except StorageError as exc:
+                self.fail(digest, exc)
+                continue
+            self.cached[digest] = c.cache_keys(digest, self.variants[digest])
+        self.keep_fresh()
+        c.delete_cached([k for digest in self.held for k in self.cached[digest]])
+        for digest in list(self.held):
+            for key in self.variants[digest]:
+                c.pause("variant", digest)
+                if not self.fresh(digest):
+                    break
+                try:
+                    c.blobs.delete(key)
+                except StorageError as exc:
+                    self.fail(digest, exc)
+                    break
+        for digest in self.held:
+            c.pause("original", digest)
+        self.renew(mark_blob_missing=True)  # durable before any original goes
+        for digest in list(self.held):
+            if not self.fresh(digest):
+                continue
+            # The residual window: from the renewal's commit to the delete reaching storage.
+            c.pause("window", digest)
+            try:
+                c.blobs.delete(keys.original_key(digest))
+            except StorageError as exc:
+                self.fail(digest, exc)
+        for digest in self.held:
+            c.pause("rows", digest)
+        finished = c.meta.gc_finish_many(list(self.held), self.token, now=c.clock())
+        for digest in list(self.held):
+            if digest in finished:
+                continue
+            try:
+                self.done(digest, c._finish_refused(digest, keys.original_key(digest)))
+            except (StorageError, MetadataError) as exc:
+                self.fail(digest, exc)
+        # A transform that read an original before it went may have cached a variant since.
+        c.delete_cached([k for digest in self.held for k in self.cached[digest]])
+        for digest in list(self.held):
+            self.done(digest, COLLECTED)
 
 
 @dataclass
@@ -222,29 +353,32 @@ def run_gc(
     result = GcResult(grace=grace_s, dry_run=dry_run)
     progress.start(meta.count_gc_candidates(cutoff))
     after: tuple[float, str] | None = None
-    while page := meta.gc_candidates(cutoff, after, batch):
-        after = (page[-1].deleted_at, page[-1].hash)
-        for candidate in page:
-            digest = candidate.hash
-            result.candidates += 1
+    with meta.bulk():
+        while page := meta.gc_candidates(cutoff, after, batch):
+            after = (page[-1].deleted_at, page[-1].hash)
+            digests = [candidate.hash for candidate in page]
+            result.candidates += len(digests)
             if dry_run:
-                detail(f"would collect {digest}")
-                progress.advance()
+                for digest in digests:
+                    detail(f"would collect {digest}")
+                progress.advance(len(digests))
                 continue
-            pause("selected", digest)
+            for digest in digests:
+                pause("selected", digest)
             token = collector.new_token()
-            if not collector.claim(digest, token, grace_s):
-                outcome = SKIPPED
-            else:
-                outcome = collector.collect(digest, token)
-            _count(result, outcome)
-            metrics.GC_OBJECTS.labels(outcome=outcome).inc()
-            if outcome == COLLECTED:
-                event("gc_collected", hash=digest)
-                detail(f"collected {digest}")
-            elif outcome in (RACE_LOST, ERROR):
-                report(f"{outcome.replace('_', ' ')}: {digest}")
-            progress.advance()
+            claimed, leased_at = collector.claim_many(digests, token, grace_s)
+            held = [d for d in digests if d in claimed]
+            outcomes = collector.collect_many(held, token, leased_at=leased_at)
+            for digest in digests:
+                outcome = outcomes.get(digest, SKIPPED)
+                _count(result, outcome)
+                metrics.GC_OBJECTS.labels(outcome=outcome).inc()
+                if outcome == COLLECTED:
+                    event("gc_collected", hash=digest)
+                    detail(f"collected {digest}")
+                elif outcome in (RACE_LOST, ERROR):
+                    report(f"{outcome.replace('_', ' ')}: {digest}")
+            progress.advance(len(digests))
     result.seconds = time.monotonic() - started
     event("gc_finished", **result.as_dict())
     return result

@@ -7,6 +7,7 @@ plain frozen dataclasses so the service and HTTP layers never see a database row
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -132,6 +133,11 @@ class MetadataStore(Protocol):
 
     def close(self) -> None: ...
 
+    def bulk(self) -> AbstractContextManager[None]:
+        """A block in which this thread runs many short transactions back to back (gc, tier):
+        the backend may tune its session for that. What each transaction guarantees does not
+        change."""
+
     # --- objects ---------------------------------------------------------------------------
     def get_object(self, hash: str) -> ObjectRecord | None: ...
 
@@ -181,6 +187,10 @@ class MetadataStore(Protocol):
 
     def list_variants(self, hash: str) -> list[VariantRecord]: ...
 
+    def list_variants_many(self, hashes: list[str]) -> dict[str, list[VariantRecord]]:
+        """``list_variants`` for many hashes in one query: every hash is a key (``[]`` when it
+        has no variant rows)."""
+
     # --- lifecycle: gc ---------------------------------------------------------------------
     # The collection protocol (app/jobs/gc.py): claim -> renew before every deletion (the last
     # renewal also marks the blob as possibly missing) -> delete blobs -> finish. Every step
@@ -212,11 +222,42 @@ class MetadataStore(Protocol):
     ) -> bool:
         """Extend the lease to ``lease_until`` only if ``token`` still holds it with more than
         ``margin`` seconds left and ref_count is still 0. With ``mark_blob_missing``, also set
-        blob_missing_at (kept if already set), so any later upload rewrites the blob."""
+        blob_missing_at (kept if already set), so any later upload rewrites the blob; that
+        commit is durable before this returns (see ``gc_renew_many``)."""
 
     def gc_finish(self, hash: str, token: str, *, now: float) -> bool:
         """One transaction: if ``token`` holds a live lease, ref_count = 0 and no live reference
         exists, delete the object's deleted references, its variant rows and the object row."""
+
+    # Batches: the same three steps for many objects in one transaction each (the collector's
+    # cost is otherwise one commit per object and step). Each object is still tested on its own
+    # conditions and has its own lease: the answer is the set of hashes for which the
+    # one-object method would have returned True, and an object that fails (revived, lease
+    # lost) drops out of the batch without stopping the others.
+    def gc_claim_many(
+        self, hashes: list[str], token: str, *, now: float, cutoff: float, lease_until: float
+    ) -> set[str]:
+        """``gc_claim`` for each of ``hashes``: the ones ``token`` now holds."""
+
+    def gc_renew_many(
+        self,
+        hashes: list[str],
+        token: str,
+        *,
+        now: float,
+        margin: float,
+        lease_until: float,
+        mark_blob_missing: bool = False,
+    ) -> set[str]:
+        """``gc_renew`` for each of ``hashes``: the ones renewed (and marked). With
+        ``mark_blob_missing`` the commit is durable before this returns, even on a backend
+        whose other commits are not (SQLite with synchronous=NORMAL), because the caller goes
+        on to delete the blobs: a mark lost to a power failure after the deletion reached the
+        disk would leave an unmarked row without its blob, which an upload could revive."""
+
+    def gc_finish_many(self, hashes: list[str], token: str, *, now: float) -> set[str]:
+        """``gc_finish`` for each of ``hashes`` in one transaction: the ones whose rows were
+        deleted."""
 
     def gc_adopt_orphan(
         self,
@@ -295,6 +336,11 @@ class MetadataStore(Protocol):
         self, hash: str, tier: str, *, expected: tuple[str, ...] | None = None
     ) -> bool:
         """Record the tier; with ``expected``, only if the current tier is one of them."""
+
+    def set_object_tier_many(
+        self, hashes: list[str], tier: str, *, expected: tuple[str, ...] | None = None
+    ) -> set[str]:
+        """``set_object_tier`` for each of ``hashes`` in one transaction: the ones recorded."""
 
 
 def iter_all_objects(store: MetadataStore, batch: int = 500) -> Iterator[ObjectRecord]:

@@ -19,11 +19,12 @@ Connections come from a pool per process, opened on first use and rebuilt after 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -50,6 +51,7 @@ from app.metadata.postgres_migrations import (
     MIGRATIONS,
 )
 from app.metadata.postgres_sql import (
+    LIST_VARIANTS_MANY,
     LOCK_OBJECT_OF_REFERENCE,
     OBJECT_STATE,
     REVIVE_UNCLAIMED,
@@ -207,6 +209,10 @@ class PostgresMetadataStore(PostgresLifecycle):
                 pool.close()
             elif pool is not None:
                 _ABANDONED.append(pool)
+
+    def bulk(self) -> AbstractContextManager[None]:
+        """Nothing to tune: each call takes a pooled connection for one short transaction."""
+        return contextlib.nullcontext()
 
     # --- objects ---------------------------------------------------------------------------
     def get_object(self, hash: str) -> ObjectRecord | None:
@@ -377,6 +383,14 @@ class PostgresMetadataStore(PostgresLifecycle):
             (hash,),
         )
         return [VariantRecord(**r) for r in rows]
+
+    def list_variants_many(self, hashes: list[str]) -> dict[str, list[VariantRecord]]:
+        found: dict[str, list[VariantRecord]] = {h: [] for h in hashes}
+        wanted = [h for h in found if _storable(h)]
+        if wanted:
+            for r in self._query(LIST_VARIANTS_MANY, (wanted,)):
+                found[r["hash"]].append(VariantRecord(**r))
+        return found
 
 
 def _configure(conn: psycopg.Connection) -> None:

@@ -23,10 +23,20 @@ from app.metadata import sql
 from app.metadata.base import DamageRecord, GcCandidate, ObjectRecord
 from app.metadata.postgres_sql import (
     EXISTING_HASHES,
+    GC_CLAIM_MANY,
     GC_CLAIM_SKIP_LOCKED,
+    GC_DELETE_OBJECTS_MANY,
+    GC_DELETE_REFS_MANY,
+    GC_DELETE_VARIANT_ROWS_MANY,
     GC_FINISH_LOCK,
+    GC_FINISH_LOCK_MANY,
+    GC_RENEW_MANY,
+    GC_RENEW_MARK_MANY,
     HAS_LIVE_REF,
+    HAS_LIVE_REF_MANY,
     LIVE_REFERENCE_COUNTS,
+    SET_TIER_EXPECTED_MANY,
+    SET_TIER_MANY,
     pg,
 )
 
@@ -85,6 +95,53 @@ class PostgresLifecycle:
             c.execute(pg(sql.GC_DELETE_REFS), (hash,))
             c.execute(pg(sql.GC_DELETE_VARIANT_ROWS), (hash,))
             return c.execute(pg(sql.GC_DELETE_OBJECT), (hash, token)).rowcount == 1
+
+    # Batches: one transaction (one statement where it can be) for many objects, each row
+    # tested on its own conditions under its row lock, exactly as the one-object methods do.
+    def _returning(self, query: str, params: Any) -> set[str]:
+        with self._tx() as c:
+            return {r["hash"] for r in c.execute(query, params).fetchall()}
+
+    def gc_claim_many(
+        self, hashes: list[str], token: str, *, now: float, cutoff: float, lease_until: float
+    ) -> set[str]:
+        if not hashes:
+            return set()
+        return self._returning(GC_CLAIM_MANY, (token, lease_until, list(hashes), cutoff, now))
+
+    def gc_renew_many(
+        self,
+        hashes: list[str],
+        token: str,
+        *,
+        now: float,
+        margin: float,
+        lease_until: float,
+        mark_blob_missing: bool = False,
+    ) -> set[str]:
+        if not hashes:
+            return set()
+        if mark_blob_missing:  # a PostgreSQL commit is durable (synchronous_commit = on)
+            params = (lease_until, now, list(hashes), token, now + margin)
+            return self._returning(GC_RENEW_MARK_MANY, params)
+        return self._returning(GC_RENEW_MANY, (lease_until, list(hashes), token, now + margin))
+
+    def gc_finish_many(self, hashes: list[str], token: str, *, now: float) -> set[str]:
+        if not hashes:
+            return set()
+        with self._tx() as c:
+            rows = c.execute(GC_FINISH_LOCK_MANY, (list(hashes), token, now)).fetchall()
+            locked = [r["hash"] for r in rows]
+            if not locked:
+                return set()
+            live = {r["hash"] for r in c.execute(HAS_LIVE_REF_MANY, (locked,)).fetchall()}
+            ok = [h for h in locked if h not in live]
+            if not ok:
+                return set()
+            c.execute(GC_DELETE_REFS_MANY, (ok,))
+            c.execute(GC_DELETE_VARIANT_ROWS_MANY, (ok,))
+            deleted = c.execute(GC_DELETE_OBJECTS_MANY, (ok, token)).fetchall()
+            return {r["hash"] for r in deleted}
 
     def gc_adopt_orphan(
         self,
@@ -201,3 +258,13 @@ class PostgresLifecycle:
             return self._execute(pg(sql.SET_TIER), (tier, hash)) == 1
         query = pg(sql.SET_TIER) + " AND tier = ANY(%s)"
         return self._execute(query, (tier, hash, list(expected))) == 1
+
+    def set_object_tier_many(
+        self, hashes: list[str], tier: str, *, expected: tuple[str, ...] | None = None
+    ) -> set[str]:
+        # Waits for row locks rather than skipping them, as set_object_tier does.
+        if not hashes:
+            return set()
+        if not expected:
+            return self._returning(SET_TIER_MANY, (tier, list(hashes)))
+        return self._returning(SET_TIER_EXPECTED_MANY, (tier, list(hashes), list(expected)))

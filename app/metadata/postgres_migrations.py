@@ -103,6 +103,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX idx_objects_created ON objects (created_at)",
         ),
     ),
+    Migration(
+        "m003_keyset_indexes",
+        (
+            # gc's and tier's keyset pages, (deleted_at, hash) and (last_accessed_at, hash), read
+            # in index order, also among objects that share a timestamp (sqlite_migrations.py).
+            "DROP INDEX idx_objects_gc",
+            "CREATE INDEX idx_objects_gc ON objects (ref_count, deleted_at, hash)",
+            "DROP INDEX idx_objects_access",
+            "CREATE INDEX idx_objects_access ON objects (tier, last_accessed_at, hash)",
+        ),
+    ),
 )
 
 

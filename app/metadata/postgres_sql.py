@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 
+from app.metadata import sql
+
 
 @functools.cache
 def pg(query: str) -> str:
@@ -77,4 +79,51 @@ HAS_LIVE_REF = "SELECT 1 FROM refs WHERE hash = %s AND deleted_at IS NULL LIMIT 
 EXISTING_HASHES = "SELECT hash FROM objects WHERE hash = ANY(%s)"
 LIVE_REFERENCE_COUNTS = (
     "SELECT hash, COUNT(*) AS n FROM refs WHERE deleted_at IS NULL AND hash = ANY(%s) GROUP BY hash"
+)
+
+# --- lifecycle batches ---------------------------------------------------------------------------
+# The one-object statements' conditions (sql.py) over an array of hashes, each row re-tested under
+# its row lock; RETURNING says which rows passed. Rows are locked in index (hash) order.
+# params: token, lease_until, hashes, cutoff, now   (the claim skips rows others hold, as above)
+GC_CLAIM_MANY = (
+    "UPDATE objects SET gc_token = %s, gc_lease_until = %s WHERE hash IN ("
+    "SELECT hash FROM objects WHERE hash = ANY(%s) AND ref_count = 0 AND deleted_at IS NOT NULL "
+    "AND deleted_at <= %s "
+    "AND (gc_token IS NULL OR gc_lease_until IS NULL OR gc_lease_until < %s) "
+    "ORDER BY hash FOR UPDATE SKIP LOCKED) AND ref_count = 0 AND NOT EXISTS "
+    "(SELECT 1 FROM refs r WHERE r.hash = objects.hash AND r.deleted_at IS NULL) RETURNING hash"
+)
+# params: lease_until, hashes, token, now + margin
+GC_RENEW_MANY = pg(
+    "UPDATE objects SET gc_lease_until = ? WHERE hash = ANY(?) AND "  # noqa: S608
+    + sql.GC_RENEW_COND
+    + " RETURNING hash"
+)
+# params: lease_until, now, hashes, token, now + margin
+GC_RENEW_MARK_MANY = pg(
+    "UPDATE objects SET gc_lease_until = ?, blob_missing_at = COALESCE(blob_missing_at, ?) "  # noqa: S608
+    "WHERE hash = ANY(?) AND " + sql.GC_RENEW_COND + " RETURNING hash"
+)
+# GC_FINISH_LOCK for many rows; the references are checked once the rows are locked.
+# params: hashes, token, now
+GC_FINISH_LOCK_MANY = pg(
+    "SELECT hash FROM objects WHERE hash = ANY(?) AND "  # noqa: S608
+    + sql.GC_RENEW_COND
+    + " ORDER BY hash FOR UPDATE"
+)
+HAS_LIVE_REF_MANY = "SELECT DISTINCT hash FROM refs WHERE hash = ANY(%s) AND deleted_at IS NULL"
+GC_DELETE_REFS_MANY = "DELETE FROM refs WHERE hash = ANY(%s) AND deleted_at IS NOT NULL"
+GC_DELETE_VARIANT_ROWS_MANY = "DELETE FROM variants WHERE hash = ANY(%s)"
+# params: hashes, token
+GC_DELETE_OBJECTS_MANY = (
+    "DELETE FROM objects WHERE hash = ANY(%s) AND gc_token = %s AND ref_count = 0 RETURNING hash"
+)
+# params: tier, hashes[, expected]
+SET_TIER_MANY = "UPDATE objects SET tier = %s WHERE hash = ANY(%s) RETURNING hash"
+SET_TIER_EXPECTED_MANY = (
+    "UPDATE objects SET tier = %s WHERE hash = ANY(%s) AND tier = ANY(%s) RETURNING hash"
+)
+LIST_VARIANTS_MANY = (
+    "SELECT hash, key, size, content_type, created_at FROM variants "
+    "WHERE hash = ANY(%s) ORDER BY hash, key"
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from app.metadata.base import DamageRecord, ObjectRecord, ReferenceRecord
@@ -59,29 +59,35 @@ COUNT_GC_CANDIDATES = (
     "SELECT COUNT(*) AS n FROM objects WHERE ref_count = 0 AND deleted_at IS NOT NULL "
     "AND deleted_at <= ?"
 )
-# params: token, lease_until, hash, cutoff, now
-GC_CLAIM = (
-    "UPDATE objects SET gc_token = ?, gc_lease_until = ? WHERE hash = ? AND ref_count = 0 "
-    "AND deleted_at IS NOT NULL AND deleted_at <= ? "
+# The conditions of each GC step, shared by the one-object statements and the batch ones below:
+# a batch applies exactly the same test to each of its objects.
+# params: cutoff, now
+GC_CLAIM_COND = (
+    "ref_count = 0 AND deleted_at IS NOT NULL AND deleted_at <= ? "
     "AND (gc_token IS NULL OR gc_lease_until IS NULL OR gc_lease_until < ?) AND NOT EXISTS "
     "(SELECT 1 FROM refs r WHERE r.hash = objects.hash AND r.deleted_at IS NULL)"
 )
-# params: lease_until, hash, token, now + margin
-GC_RENEW = (
-    "UPDATE objects SET gc_lease_until = ? WHERE hash = ? AND gc_token = ? "
-    "AND gc_lease_until > ? AND ref_count = 0"
-)
-# params: lease_until, now, hash, token, now + margin
-GC_RENEW_MARK = (
-    "UPDATE objects SET gc_lease_until = ?, blob_missing_at = COALESCE(blob_missing_at, ?) "
-    "WHERE hash = ? AND gc_token = ? AND gc_lease_until > ? AND ref_count = 0"
-)
-# params: hash, token, now   (PostgreSQL: add FOR UPDATE)
-GC_FINISH_CHECK = (
-    "SELECT hash FROM objects WHERE hash = ? AND gc_token = ? AND gc_lease_until > ? "
-    "AND ref_count = 0 AND NOT EXISTS "
+# params: token, now + margin
+GC_RENEW_COND = "gc_token = ? AND gc_lease_until > ? AND ref_count = 0"
+# params: token, now
+GC_FINISH_COND = (
+    "gc_token = ? AND gc_lease_until > ? AND ref_count = 0 AND NOT EXISTS "
     "(SELECT 1 FROM refs r WHERE r.hash = objects.hash AND r.deleted_at IS NULL)"
 )
+# params: token, lease_until, hash, cutoff, now
+GC_CLAIM = (
+    "UPDATE objects SET gc_token = ?, gc_lease_until = ? WHERE hash = ? AND "  # noqa: S608
+    + GC_CLAIM_COND
+)
+# params: lease_until, hash, token, now + margin
+GC_RENEW = "UPDATE objects SET gc_lease_until = ? WHERE hash = ? AND " + GC_RENEW_COND  # noqa: S608
+# params: lease_until, now, hash, token, now + margin
+GC_RENEW_MARK = (
+    "UPDATE objects SET gc_lease_until = ?, blob_missing_at = COALESCE(blob_missing_at, ?) "  # noqa: S608
+    "WHERE hash = ? AND " + GC_RENEW_COND
+)
+# params: hash, token, now   (PostgreSQL: add FOR UPDATE)
+GC_FINISH_CHECK = "SELECT hash FROM objects WHERE hash = ? AND " + GC_FINISH_COND  # noqa: S608
 GC_DELETE_REFS = "DELETE FROM refs WHERE hash = ? AND deleted_at IS NOT NULL"
 GC_DELETE_VARIANT_ROWS = "DELETE FROM variants WHERE hash = ?"
 GC_DELETE_OBJECT = "DELETE FROM objects WHERE hash = ? AND gc_token = ? AND ref_count = 0"
@@ -94,6 +100,20 @@ ADOPT_ORPHAN = (
     "VALUES (?, 'application/octet-stream', ?, 0, 0, 0, ?, ?, ?, 'hot', ?, ?, ?) "
     "ON CONFLICT (hash) DO NOTHING"
 )
+
+# --- lifecycle: batches (gc and tier) -----------------------------------------------------------
+# A batch step is one transaction for many objects, each object tested on its own conditions, the
+# ones above. SQLite runs the one-object statements once per object inside one write transaction:
+# the commit, not the statement, is what costs, and an IN list would tempt its planner onto
+# idx_objects_gc or idx_objects_access (one equality on ref_count or tier looks cheaper than
+# hundreds of keys) and scan every candidate per batch. PostgreSQL runs one statement over an
+# array of hashes, built from the same conditions (postgres_sql.py).
+# (Variants have no other index than their key, so this one is safe as an IN list.)
+LIST_VARIANTS_MANY = (
+    "SELECT hash, key, size, content_type, created_at FROM variants "
+    "WHERE hash IN ({marks}) ORDER BY hash, key"
+)
+BATCH_CHUNK = 400  # values per IN list: below SQLite's oldest limit of 999 parameters
 
 # --- lifecycle: reconcile -----------------------------------------------------------------------
 # "{marks}" is replaced by "?, ?, ..." (one per value), never by data.
@@ -216,6 +236,13 @@ def marks(count: int) -> str:
     if count <= 0:
         raise ValueError("an IN list needs at least one value")
     return ", ".join("?" * count)
+
+
+def chunks(items: Iterable[str], size: int = BATCH_CHUNK) -> Iterator[list[str]]:
+    """``items`` without duplicates, in lists of at most ``size`` (one IN list each)."""
+    unique = list(dict.fromkeys(items))
+    for start in range(0, len(unique), size):
+        yield unique[start : start + size]
 
 
 def _opt_float(value: Any) -> float | None:

@@ -82,3 +82,15 @@ def m002_lifecycle(db: Database) -> None:
     )
     db.execute("CREATE INDEX idx_damage_open ON damage (resolved_at, reviewed_at)")
     db.execute("CREATE INDEX idx_objects_created ON objects (created_at)")
+
+
+@migrations()
+def m003_keyset_indexes(db: Database) -> None:
+    """gc and tier page their candidates by (deleted_at, hash) and (last_accessed_at, hash).
+    With hash in the index a page is one range read in index order; without it, objects that
+    share a timestamp were sorted again for every page, so a run over many of them (a bulk
+    import or delete) took time quadratic in their number."""
+    db.execute("DROP INDEX idx_objects_gc")
+    db.execute("CREATE INDEX idx_objects_gc ON objects (ref_count, deleted_at, hash)")
+    db.execute("DROP INDEX idx_objects_access")
+    db.execute("CREATE INDEX idx_objects_access ON objects (tier, last_accessed_at, hash)")

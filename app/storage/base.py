@@ -7,10 +7,12 @@ so the service never has to know which backend it talks to.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 # S3 storage classes that must be restored before a GET can read them.
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
@@ -70,3 +72,10 @@ class BlobStore(Protocol):
 
     def ping(self) -> None:
         """Raise StorageError when the backend is unreachable."""
+
+
+def durable_batch(blobs: Any) -> AbstractContextManager[None]:
+    """The store's ``durable_batch()`` if it has one (local disk: directory fsyncs once per
+    batch), else a block that changes nothing (S3: each request is durable when it returns)."""
+    batch = getattr(blobs, "durable_batch", None)
+    return batch() if batch is not None else contextlib.nullcontext()

@@ -7,6 +7,13 @@ Why this shape:
   ``os.link`` (originals: never clobbers, so two racing uploads of the same content cannot
   corrupt each other) or ``os.replace`` (variants: deterministic, overwrite is fine), and the
   directory is fsynced. A reader therefore sees either no file or the whole file.
+- Batches: inside ``durable_batch()`` the directory fsyncs of moves are made when the block
+  ends instead of after every move: once per directory, or, for many directories on Linux, one
+  ``syncfs(2)`` per filesystem (one journal commit and one cache flush instead of one each per
+  directory, the trade PostgreSQL offers as ``recovery_init_sync_method=syncfs``). Jobs moving
+  thousands of blobs use it and commit the metadata that records the moves only after the
+  block; a move across filesystems still fsyncs its target directory before the source is
+  unlinked, inside a batch or not.
 - Tiering: an optional ``cold_root`` (usually a cheaper, slower disk) holds cold blobs under the
   same relative paths. Cold blobs stay directly readable (like S3 GLACIER_IR, not an archive), so
   ``open`` never raises ArchivedError here. ``BlobInfo.storage_class`` is ``"STANDARD"`` for a
@@ -16,12 +23,15 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -57,12 +67,59 @@ def path_prefix(key_prefix: str) -> str | None:
     return None
 
 
+def _libc_syncfs() -> Callable[[int], int] | None:
+    """syncfs(2) from the C library (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return syncfs
+
+
+_SYNCFS = _libc_syncfs()
+#: A batch with more directories than this to make durable uses one syncfs per filesystem:
+#: every fsync of a directory costs a cache flush of the device (~0.1 ms on a VM disk, more on
+#: a busy one), a syncfs one journal commit and one flush whatever it covers. Below it, the
+#: fsyncs are cheap and do not wait for other files' dirty data on the same filesystem.
+SYNCFS_ABOVE = 32
+
+
+def _syncfs(path: Path) -> None:
+    """Make everything written to the filesystem holding ``path`` durable (syncfs(2))."""
+    assert _SYNCFS is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_dir_or_ancestor(path: Path) -> None:
+    """fsync ``path``, or, when it has been removed since (an emptied fan-out directory pruned),
+    its nearest surviving ancestor: that is where the removal, and so every change made inside
+    the removed directory, is recorded."""
+    while True:
+        try:
+            _fsync_dir(path)
+            return
+        except (FileNotFoundError, NotADirectoryError):
+            if path.parent == path:
+                return
+            path = path.parent
 
 
 def _os_error(action: str, key: str, exc: OSError) -> StorageError:
@@ -79,6 +136,7 @@ class LocalBlobStore:
     def __init__(self, root: str | Path, cold_root: str | Path | None = None) -> None:
         self.root = Path(root).absolute()
         self.cold_root = Path(cold_root).absolute() if cold_root is not None else None
+        self._batch = threading.local()  # .dirs: directories to fsync when the batch ends
         # Best effort, so a fresh install answers ping; a failure shows up in ping instead.
         for base in (self.root, self.cold_root):
             if base is not None:
@@ -87,6 +145,67 @@ class LocalBlobStore:
 
     def __repr__(self) -> str:
         return f"LocalBlobStore(root={str(self.root)!r}, cold_root={self.cold_root!s})"
+
+    # --- durability batches -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def durable_batch(self) -> Iterator[None]:
+        """Defer the directory fsyncs of the moves this thread makes inside the block to its
+        end, one per directory, and raise StorageError there if one fails.
+
+        What a move guarantees is unchanged: the blob is readable at every moment and after a
+        crash from one place or the other (a rename is atomic; a copy across filesystems is
+        made durable before its source goes). Only the moment the move itself becomes durable
+        changes, from the end of each move to the end of the block; so a caller that records
+        moves (the tier) commits that record after the block. Nested blocks join the outer one.
+        """
+        if getattr(self._batch, "dirs", None) is not None:
+            yield
+            return
+        self._batch.dirs = dirs = {}
+        try:
+            yield
+        except BaseException:
+            self._batch.dirs = None
+            with contextlib.suppress(OSError):
+                self._sync_all(dirs)
+            raise
+        self._batch.dirs = None
+        try:
+            self._sync_all(dirs)
+        except OSError as exc:
+            raise StorageError(
+                f"local store: cannot sync directories: {exc.strerror or exc}"
+            ) from exc
+
+    @staticmethod
+    def _sync_all(dirs: dict[Path, None]) -> None:
+        # A directory pruned since is represented by its nearest survivor, which many pruned
+        # siblings share: resolve first, so each survivor is synced once.
+        survivors: dict[Path, int] = {}  # -> the device it is on
+        for directory in dirs:
+            while True:
+                try:
+                    survivors[directory] = os.stat(directory).st_dev
+                    break
+                except (FileNotFoundError, NotADirectoryError):
+                    if directory.parent == directory:
+                        break
+                    directory = directory.parent
+        if _SYNCFS is not None and len(survivors) > SYNCFS_ABOVE:
+            # syncfs covers every directory of its filesystem: one per filesystem.
+            for directory in {dev: d for d, dev in survivors.items()}.values():
+                _syncfs(directory)
+            return
+        for directory in survivors:
+            _fsync_dir_or_ancestor(directory)
+
+    def _sync_dir(self, directory: Path) -> None:
+        """fsync now, or at the end of the current ``durable_batch``."""
+        dirs = getattr(self._batch, "dirs", None)
+        if dirs is None:
+            _fsync_dir(directory)
+        else:
+            dirs[directory] = None
 
     # --- paths ------------------------------------------------------------------------------
     def _hot(self, key: str) -> Path:
@@ -264,7 +383,9 @@ class LocalBlobStore:
     def _walk(
         self, base: Path, start: str, prefix: str, storage_class: str, shadow: Path | None
     ) -> Iterator[BlobInfo]:
-        top = base / start if start else base
+        top = os.path.join(base, start) if start else str(base)
+        if not os.path.isdir(top):
+            return  # the usual answer for one object's variants: cheaper than os.walk's
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, base).replace(os.sep, "/")
@@ -341,8 +462,8 @@ class LocalBlobStore:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise
-            _fsync_dir(dst.parent)
+            _fsync_dir(dst.parent)  # never deferred: the copy must be durable before src goes
             src.unlink()
         else:
-            _fsync_dir(dst.parent)
-        _fsync_dir(src.parent)
+            self._sync_dir(dst.parent)
+        self._sync_dir(src.parent)

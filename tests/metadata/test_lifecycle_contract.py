@@ -426,3 +426,195 @@ def test_claim_and_upload_never_both_win(store, make_store):
         obj = store.get_object(info.hash)
         assert obj.ref_count == (1 if uploaded.result() else 0)
         assert (obj.gc_token is None) == uploaded.result()
+
+
+# --- batches (gc and tier, one transaction per step for many objects) ---------------------------
+def _variant(store: MetadataStore, digest: str, name: str = "high") -> str:
+    key = f"variant:{digest}/v1-00000000/webp/{name}/640"
+    store.add_variant(digest, key, 10, "image/webp", NOW)
+    return key
+
+
+def test_gc_claim_many_tests_each_object_on_its_own(store):
+    ready = [deleted_object(store, f"ready{i}", NOW + 1) for i in range(3)]
+    late = deleted_object(store, "late", NOW + 50)
+    live = content("live")
+    add(store, live, "img_live")
+    drift = content("drift")  # ref_count 0 but a live reference: never claimable
+    add(store, drift, "img_drift")
+    raw(store, "UPDATE objects SET ref_count = 0, deleted_at = ? WHERE hash = ?", (NOW, drift.hash))
+    taken = deleted_object(store, "taken", NOW + 1)
+    assert store.gc_claim(taken.hash, "other", now=NOW + 10, cutoff=NOW + 5, lease_until=NOW + 70)
+    absent = content("absent")
+    asked = [h.hash for h in (*ready, late, live, drift, taken, absent)]
+    args = {"now": NOW + 20, "cutoff": NOW + 5, "lease_until": NOW + 80}
+    assert store.gc_claim_many(asked + [ready[0].hash], "t", **args) == {r.hash for r in ready}
+    for info in ready:
+        obj = store.get_object(info.hash)
+        assert (obj.gc_token, obj.gc_lease_until) == ("t", NOW + 80)
+    assert store.get_object(taken.hash).gc_token == "other"  # its lease is still live
+    assert store.get_object(late.hash).gc_token is None
+    assert store.gc_claim_many([], "t", **args) == set()
+    # The same answers the one-object claim gives, object by object:
+    assert not store.gc_claim(ready[0].hash, "u", **args)
+    assert store.gc_claim_many([taken.hash], "u", **{**args, "now": NOW + 71}) == {taken.hash}
+
+
+def test_gc_renew_many_loses_only_the_leases_that_ended(store):
+    infos = [deleted_object(store, f"renew{i}", NOW + 1) for i in range(4)]
+    hashes = [i.hash for i in infos]
+    args = {"now": NOW + 10, "cutoff": NOW + 5, "lease_until": NOW + 70}
+    assert store.gc_claim_many(hashes, "t", **args) == set(hashes)
+    # one lease was taken over, one object revived, one row collected by someone else
+    raw(store, "UPDATE objects SET gc_token = 'thief' WHERE hash = ?", (hashes[1],))
+    raw(store, "UPDATE objects SET gc_lease_until = ? WHERE hash = ?", (NOW, hashes[2]))
+    add(store, infos[2], "img_back", blob_written=False, now=NOW + 11)
+    kw = {"margin": 10.0, "lease_until": NOW + 90}
+    assert store.gc_renew_many(hashes, "t", now=NOW + 20, **kw) == {hashes[0], hashes[3]}
+    assert store.get_object(hashes[0]).gc_lease_until == NOW + 90
+    assert store.get_object(hashes[1]).gc_lease_until == NOW + 70  # not ours: untouched
+    # Less than the margin left: the holder must stop, as with gc_renew.
+    assert store.gc_renew_many(hashes, "t", now=NOW + 85, **kw) == set()
+    assert store.gc_renew_many([], "t", now=NOW + 20, **kw) == set()
+
+
+def test_gc_renew_many_marks_and_keeps_the_first_mark(store):
+    a, b = deleted_object(store, "ma", NOW + 1), deleted_object(store, "mb", NOW + 1)
+    args = {"now": NOW + 10, "cutoff": NOW + 5, "lease_until": NOW + 70}
+    assert store.gc_claim_many([a.hash, b.hash], "t", **args) == {a.hash, b.hash}
+    first = {"margin": 1, "lease_until": NOW + 75, "mark_blob_missing": True}
+    assert store.gc_renew(a.hash, "t", now=NOW + 15, **first)
+    marked = store.gc_renew_many(
+        [a.hash, b.hash], "t", now=NOW + 20, margin=1, lease_until=NOW + 80, mark_blob_missing=True
+    )
+    assert marked == {a.hash, b.hash}
+    assert store.get_object(a.hash).blob_missing_at == NOW + 15  # kept
+    assert store.get_object(b.hash).blob_missing_at == NOW + 20
+    assert store.get_object(b.hash).gc_lease_until == NOW + 80
+    with pytest.raises(NeedsBlob):  # once the lease is over: only a rewrite may revive it
+        add(store, b, "img_late", blob_written=False, now=NOW + 81)
+
+
+def test_gc_finish_many_removes_only_what_is_still_ours(store):
+    infos = [deleted_object(store, f"fin{i}", NOW + 1, ref_id=f"img_fin{i}") for i in range(4)]
+    hashes = [i.hash for i in infos]
+    keys = [_variant(store, h) for h in hashes]
+    other = content("other")
+    add(store, other, "img_other")
+    other_key = _variant(store, other.hash)
+    args = {"now": NOW + 10, "cutoff": NOW + 5, "lease_until": NOW + 70}
+    assert store.gc_claim_many(hashes[:3], "t", **args) == set(hashes[:3])
+    raw(store, "UPDATE objects SET gc_token = 'thief' WHERE hash = ?", (hashes[1],))
+    assert store.gc_finish_many(hashes, "t", now=NOW + 20) == {hashes[0], hashes[2]}
+    for gone in (0, 2):
+        assert store.get_object(hashes[gone]) is None
+        assert store.get_reference(f"img_fin{gone}") is None
+        assert store.list_variants(hashes[gone]) == []
+    for kept in (1, 3):  # lease taken over; never claimed
+        assert store.get_object(hashes[kept]) is not None
+        assert [v.key for v in store.list_variants(hashes[kept])] == [keys[kept]]
+    assert [v.key for v in store.list_variants(other.hash)] == [other_key]
+    assert store.gc_finish_many(hashes, "t", now=NOW + 21) == set()  # nothing left of ours
+    assert store.gc_finish_many([], "t", now=NOW + 21) == set()
+
+
+def test_gc_finish_many_refuses_an_object_with_a_live_reference(store):
+    info = deleted_object(store, "refd", NOW + 1)
+    assert store.gc_claim_many([info.hash], "t", now=NOW + 10, cutoff=NOW + 5, lease_until=NOW + 70)
+    # A reference that appeared behind the lease's back (drift): the rows stay.
+    raw(store, "UPDATE refs SET deleted_at = NULL WHERE hash = ?", (info.hash,))
+    assert store.gc_finish_many([info.hash], "t", now=NOW + 20) == set()
+    assert store.get_object(info.hash) is not None
+
+
+def test_set_object_tier_many_is_a_compare_and_set_per_object(store):
+    a, b, c = content("ta"), content("tb"), content("tc")
+    for info in (a, b, c):
+        add(store, info, f"img_{info.hash[:8]}")
+    assert store.set_object_tier(b.hash, TIER_RESTORING)
+    absent = content("absent").hash
+    recorded = store.set_object_tier_many(
+        [a.hash, b.hash, c.hash, absent], TIER_COLD, expected=(TIER_HOT,)
+    )
+    assert recorded == {a.hash, c.hash}
+    assert [store.get_object(h.hash).tier for h in (a, b, c)] == [
+        TIER_COLD,
+        TIER_RESTORING,
+        TIER_COLD,
+    ]
+    assert store.set_object_tier_many([b.hash], TIER_HOT) == {b.hash}  # without expected
+    assert store.set_object_tier_many([], TIER_COLD, expected=(TIER_HOT,)) == set()
+
+
+def test_list_variants_many_has_every_hash(store):
+    infos = [content(f"lv{i}") for i in range(450)]  # more than one IN list on SQLite
+    for i, info in enumerate(infos):
+        add(store, info, f"img_lv{i}")
+    with_variants = [infos[0].hash, infos[449].hash]
+    for h in with_variants:
+        _variant(store, h, "low")
+        _variant(store, h, "high")
+    found = store.list_variants_many([i.hash for i in infos])
+    assert set(found) == {i.hash for i in infos}
+    for h in with_variants:
+        assert found[h] == store.list_variants(h) and len(found[h]) == 2
+    assert found[infos[1].hash] == []
+    assert store.list_variants_many([]) == {}
+
+
+def test_bulk_block_changes_nothing_a_caller_can_see(store):
+    info = deleted_object(store, "bulk", NOW + 1)
+    with store.bulk():
+        args = {"now": NOW + 10, "cutoff": NOW + 5, "lease_until": NOW + 70}
+        assert store.gc_claim_many([info.hash], "t", **args) == {info.hash}
+        with store.bulk():  # nested: fine
+            assert store.gc_finish_many([info.hash], "t", now=NOW + 20) == {info.hash}
+    assert store.get_object(info.hash) is None
+    with pytest.raises(RuntimeError), store.bulk():
+        raise RuntimeError("a job that fails inside")
+    add(store, content("after"), "img_after")  # the store still works afterwards
+
+
+def test_candidate_pages_are_index_ranges_even_when_timestamps_tie(store):
+    """Keyset pages over (deleted_at, hash) and (last_accessed_at, hash): objects sharing a
+    timestamp page correctly, in hash order (m003 put hash in both indexes)."""
+    tied = sorted(deleted_object(store, f"tie{i}", NOW + 1).hash for i in range(7))
+    seen, after = [], None
+    while page := store.gc_candidates(NOW + 5, after, 3):
+        seen += [c.hash for c in page]
+        after = (page[-1].deleted_at, page[-1].hash)
+    assert seen == tied
+    idle = sorted(
+        add(store, content(f"idle{i}"), f"img_idle{i}", now=NOW)[1].hash for i in range(7)
+    )
+    seen, cursor = [], None
+    while page := store.tier_candidates(NOW + 5, cursor, 3):
+        seen += [o.hash for o in page]
+        cursor = (page[-1].last_accessed_at, page[-1].hash)
+    assert seen == idle
+
+
+# --- concurrency of batches ----------------------------------------------------------------------
+def test_two_collectors_claiming_batches_never_share_an_object(store, make_store):
+    infos = [deleted_object(store, f"brace{i}", NOW + 1) for i in range(40)]
+    hashes = [i.hash for i in infos]
+    stores = [store, make_store()]
+    start = threading.Barrier(2)
+
+    def claim(i: int) -> set[str]:
+        start.wait()
+        order = hashes if i == 0 else hashes[::-1]
+        won: set[str] = set()
+        for chunk in range(0, len(order), 5):
+            won |= stores[i].gc_claim_many(
+                order[chunk : chunk + 5],
+                f"t{i}",
+                now=NOW + 10,
+                cutoff=NOW + 5,
+                lease_until=NOW + 70,
+            )
+        return won
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(claim, range(2))
+    assert not a & b and a | b == set(hashes)

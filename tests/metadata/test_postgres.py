@@ -95,6 +95,24 @@ def test_gc_claim_skips_a_row_another_transaction_holds(pg, pg_url):
         other.close()
 
 
+def test_gc_claim_many_skips_the_rows_another_transaction_holds(pg, pg_url):
+    """The batch claim is the one-object claim's SKIP LOCKED for every row: a row an upload
+    holds right now is left out (not waited for), the others are claimed."""
+    infos = [deleted_object(pg, f"blocked{i}", NOW + 1) for i in range(3)]
+    hashes = [i.hash for i in infos]
+    other = PostgresMetadataStore(pg_url)
+    args = {"now": NOW + 10, "cutoff": NOW + 5, "lease_until": NOW + 70}
+    try:
+        with pg.transaction() as c:
+            c.execute("SELECT 1 FROM objects WHERE hash = %s FOR UPDATE", (hashes[1],))
+            started = time.monotonic()
+            claimed = other.gc_claim_many(hashes, "t", **args)
+            assert claimed == {hashes[0], hashes[2]} and time.monotonic() - started < 2
+        assert other.gc_claim_many(hashes, "u", **args) == {hashes[1]}
+    finally:
+        other.close()
+
+
 def test_a_held_lock_is_an_error_after_the_lock_timeout_not_a_hang(pg, pg_url, monkeypatch):
     import app.metadata.postgres as postgres
 

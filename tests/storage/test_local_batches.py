@@ -1,0 +1,164 @@
+"""LocalBlobStore.durable_batch: moves made inside the block become durable when it ends (each
+touched directory synced once, or one syncfs per filesystem for many), never later than a caller
+that records them can see, and a move across filesystems still makes its copy durable before the
+source goes."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app.storage.local as local
+from app.storage import LocalBlobStore, StorageError, keys
+from app.storage.base import durable_batch
+
+
+def originals(store: LocalBlobStore, n: int) -> list[str]:
+    made = []
+    for i in range(n):
+        data = f"blob {i}".encode()
+        key = keys.original_key(hashlib.sha256(data).hexdigest())
+        store.put_bytes(key, data)
+        made.append(key)
+    return made
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
+    """What was made durable, in order: ("fsync", directory) or ("syncfs", path)."""
+    seen: list[tuple[str, Path]] = []
+    real = local._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        real(path)
+        seen.append(("fsync", Path(path)))
+
+    def syncfs(fd: int) -> int:
+        seen.append(("syncfs", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        return 0
+
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(local, "_SYNCFS", syncfs)
+    return seen
+
+
+def test_moves_in_a_batch_are_synced_once_per_directory_at_its_end(
+    local_store: LocalBlobStore, synced: list[tuple[str, Path]]
+) -> None:
+    moved = originals(local_store, 3)
+    synced.clear()
+    with local_store.durable_batch():
+        for key in moved:
+            local_store.set_tier(key, "cold")
+        assert synced == []  # nothing yet: the caller records the moves only after the block
+    assert local_store.cold_root is not None
+    dirs = [path for kind, path in synced if kind == "fsync"]
+    assert len(dirs) == len(set(dirs))  # each once
+    for key in moved:
+        assert (local_store.cold_root / keys.relative_path(key)).parent in dirs
+        # the emptied hot directory was pruned: its nearest survivor carries the change
+        hot_dir = (local_store.root / keys.relative_path(key)).parent
+        assert not hot_dir.exists()
+        assert any(hot_dir.is_relative_to(d) for d in dirs)
+    assert local_store.get_bytes(moved[0]) == b"blob 0"
+
+
+def test_many_directories_take_one_syncfs_per_filesystem(
+    local_store: LocalBlobStore, synced: list[tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "SYNCFS_ABOVE", 2)
+    moved = originals(local_store, 4)
+    synced.clear()
+    with local_store.durable_batch():
+        for key in moved:
+            local_store.set_tier(key, "cold")
+    assert [kind for kind, _ in synced] == ["syncfs"]  # root and cold_root: one filesystem
+
+
+def test_without_a_batch_every_move_is_synced_before_it_returns(
+    local_store: LocalBlobStore, synced: list[tuple[str, Path]]
+) -> None:
+    (key,) = originals(local_store, 1)
+    synced.clear()
+    local_store.set_tier(key, "cold")
+    assert [kind for kind, _ in synced] == ["fsync", "fsync"]  # target and source directory
+
+
+def test_a_failed_sync_at_the_end_of_a_batch_is_a_storage_error(
+    local_store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (key,) = originals(local_store, 1)
+
+    def broken(path: Path) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(local, "_fsync_dir", broken)
+    with pytest.raises(StorageError), local_store.durable_batch():
+        local_store.set_tier(key, "cold")
+
+
+def test_an_error_inside_a_batch_still_syncs_what_was_done_and_propagates(
+    local_store: LocalBlobStore, synced: list[tuple[str, Path]]
+) -> None:
+    (key,) = originals(local_store, 1)
+    synced.clear()
+    with pytest.raises(KeyError), local_store.durable_batch():
+        local_store.set_tier(key, "cold")
+        raise KeyError("the caller failed")
+    assert synced  # the move was made durable anyway
+
+
+def test_nested_batches_sync_at_the_outer_end(
+    local_store: LocalBlobStore, synced: list[tuple[str, Path]]
+) -> None:
+    a, b = originals(local_store, 2)
+    synced.clear()
+    with local_store.durable_batch():
+        with local_store.durable_batch():
+            local_store.set_tier(a, "cold")
+        assert synced == []
+        local_store.set_tier(b, "cold")
+    assert synced
+
+
+def test_a_move_across_filesystems_syncs_the_copy_before_the_source_goes(
+    local_store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (key,) = originals(local_store, 1)
+    events: list[str] = []
+    real_fsync = local._fsync_dir
+    real_unlink = Path.unlink
+
+    def rename(src: Any, dst: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def fsync_dir(path: Path) -> None:
+        real_fsync(path)
+        events.append(f"fsync {Path(path).name}")
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        real_unlink(self, missing_ok=missing_ok)
+        events.append(f"unlink {self.name}")
+
+    monkeypatch.setattr(local.os, "rename", rename)
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    digest = keys.hex_of(key)
+    with local_store.durable_batch():
+        local_store.set_tier(key, "cold")
+        # inside the batch: the copy's directory is synced at once, before the unlink
+        assert events == [f"fsync {digest[2:4]}", f"unlink {digest}"]
+    assert local_store.info(key).storage_class == "COLD"
+
+
+def test_stores_without_batches_get_a_block_that_does_nothing() -> None:
+    class Remote:
+        pass
+
+    with durable_batch(Remote()):
+        pass
