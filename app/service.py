@@ -15,19 +15,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from app import metrics
 from app.errors import (
+    DomainError,
     Forbidden,
     Gone,
     IntegrityFailure,
     NotFoundError,
     Unavailable,
 )
-from app.imaging.probe import probe
+from app.imaging.probe import ProbeResult, probe
 from app.logs import event
 from app.metadata import (
     TIER_ARCHIVED,
@@ -42,6 +42,7 @@ from app.metadata import (
     Page,
     ReferenceRecord,
 )
+from app.pools import LazyPool
 from app.settings import Settings, VariantSpec
 from app.staging import StagingFile
 from app.storage import ArchivedError, BlobStore, NotFound, StorageError, keys
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 READ_CHUNK = 256 * 1024
 SPOOL_MEMORY = 8 * 1024 * 1024
 INGEST_ATTEMPTS = 50
+# New content at least this large has its decode check run on a second thread while its blob is
+# written (see ``ingest``); below it the check takes a few milliseconds and runs first.
+CONCURRENT_CHECK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -147,13 +151,43 @@ class ImageService:
         Racing GC: a row GC has claimed makes us wait; a row GC may have emptied
         (blob_missing_at) or removed makes us write the blob again (NeedsBlob); and an upload
         that had to write checks the blob once more after its commit (``_ensure_blob``).
+
+        Checks: the type and the pixel limits always come first, before anything is written.
+        Content already stored under this hash passed the full decode check when it was first
+        uploaded; the same bytes decode the same way, so a duplicate is only re-checked
+        against the type and pixel limits (which settings may have changed since). New content
+        is decoded in full, and that check (120 to 170 ms for a 10 MB JPEG here) runs on
+        a second thread while the blob is written; it always ends before the metadata commit,
+        so no row is ever written for bytes that failed it. Writing first means a failing
+        upload may briefly have installed a blob nobody references: ``_abandon_blob`` removes
+        it again (see there for why that cannot take a blob from under another upload).
         """
         digest = staged.finish()
-        # Content already stored under this hash passed the full decode check when it was first
-        # uploaded; the same bytes decode the same way, so a duplicate is only re-checked
-        # against the type and pixel limits (which settings may have changed since).
         known = self._get_object(digest) is not None
-        info = probe(staged.path, self.settings, decode=not known)
+        check: _DecodeCheck | None = None
+        if known or staged.size >= CONCURRENT_CHECK_BYTES:
+            info = probe(staged.path, self.settings, decode=False)
+            if not known:
+                check = _DecodeCheck(staged.path, self.settings)
+        else:
+            info = probe(staged.path, self.settings, decode=True)
+        try:
+            return self._store(staged, digest, info, check, owner, filename, private)
+        finally:
+            if check is not None:
+                check.wait()  # never leave a decode running past its upload
+
+    def _store(
+        self,
+        staged: StagingFile,
+        digest: str,
+        info: ProbeResult,
+        check: _DecodeCheck | None,
+        owner: str,
+        filename: str | None,
+        private: bool,
+    ) -> IngestResult:
+        """The write loop of ``ingest``; ``check`` (if any) is awaited before the commit."""
         content = ContentInfo(digest, info.mime_type, staged.size, info.width, info.height)
         key = keys.original_key(digest)
         wrote_any = False
@@ -165,7 +199,19 @@ class ImageService:
                 time.sleep(min(0.05 * (attempt + 1), 1.0))
                 continue
             if must_write:
-                wrote_any = self._put_blob(key, staged.path, digest) or wrote_any
+                try:
+                    wrote = self._put_blob(key, staged.path, digest)
+                except DomainError:
+                    if check is not None:
+                        check.result()  # an undecodable upload is 422, whatever storage says
+                    raise
+                if check is not None:
+                    self._await_check(check, key, staged.path, digest, installed=wrote)
+                    check = None
+                wrote_any = wrote or wrote_any
+            elif check is not None:
+                self._await_check(check, key, staged.path, digest, installed=False)
+                check = None
             try:
                 ref, obj = self.meta.add_reference(
                     content,
@@ -194,6 +240,48 @@ class ImageService:
                     self._notify_new_content(digest)
             return IngestResult(ref, obj, deduplicated=not wrote_any)
         raise Unavailable("content is being collected; retry", code="busy")
+
+    def _await_check(
+        self, check: _DecodeCheck, key: str, path: str, digest: str, *, installed: bool
+    ) -> None:
+        """The decode check's verdict, before any commit. A failure removes the blob this
+        upload installed (``installed``: put_file returned True) and re-raises (422)."""
+        try:
+            check.result()
+        except BaseException:
+            if installed:
+                self._abandon_blob(key, path, digest)
+            raise
+
+    def _abandon_blob(self, key: str, path: str, digest: str) -> None:
+        """Remove the blob this upload installed for bytes that failed the decode check.
+
+        Why this never takes a blob another upload relies on: another upload can only commit a
+        row for these bytes after passing the decode check on the same bytes (or skipping it
+        because a row exists, which again requires someone to have passed it), and the check
+        is deterministic: same bytes, same verdict. Should it ever differ (a node with another
+        codec version during a rolling upgrade), the order below still keeps every row's blob:
+        delete first, then look for a row. A row committed before the look is seen here and
+        the blob is written back from our staging file; a row committed after it was committed
+        after the delete, and its upload's ``_ensure_blob`` (after its commit) rewrites the
+        blob. If the delete or the look fails, the blob stays (an orphan reconcile removes).
+        """
+        try:
+            self.blobs.delete(key)
+        except StorageError as exc:
+            event("storage_delete_failed", key=key, error=type(exc).__name__)
+            return
+        try:
+            needed = self.meta.get_object(digest) is not None
+        except MetadataError as exc:
+            event("abandon_blob_check_failed", key=key, error=type(exc).__name__)
+            needed = True
+        if needed:
+            event("blob_restored_after_failed_check", key=key)
+            try:
+                self._put_blob(key, path, digest)
+            except DomainError:
+                pass  # already logged; the row's upload rewrites it after its commit
 
     def _ensure_blob(self, key: str, path: str, digest: str) -> bool:
         """After the commit: put_file may have found an orphan blob (returning False) that
@@ -442,7 +530,7 @@ class ImageService:
             raise Unavailable("storage unavailable", code="storage_unavailable") from exc
         content = bytes(data)
         del data
-        digest = _hash_pool().submit(_sha256_hex, content)
+        digest = _HASH_POOL.submit(_sha256_hex, content)
 
         def check() -> None:
             actual = digest.result()
@@ -476,19 +564,40 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()  # releases the GIL: runs beside the decoder
 
 
-_HASH_POOL: ThreadPoolExecutor | None = None
-_HASH_POOL_LOCK = threading.Lock()
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    """Created on first use, so a forking server (gunicorn) makes it in each worker."""
-    global _HASH_POOL
-    with _HASH_POOL_LOCK:
-        if _HASH_POOL is None:
-            _HASH_POOL = ThreadPoolExecutor(2, thread_name_prefix="original-hash")
-        return _HASH_POOL
+# Hashes run beside the decoder of the same request (hashlib releases the GIL).
+_HASH_POOL = LazyPool(2, "original-hash")
 
 
 def new_reference_id() -> str:
     """Opaque, unguessable reference ids: knowing one never reveals another."""
     return "img_" + secrets.token_urlsafe(16)
+
+
+class _DecodeCheck:
+    """``probe(path, decode=True)`` on a thread: the decode check of new content, run while its
+    blob is written. Pillow's decoders release the GIL, so the two really overlap."""
+
+    def __init__(self, path: str, settings: Settings) -> None:
+        self._result: ProbeResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(path, settings), name="decode-check", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, path: str, settings: Settings) -> None:
+        try:
+            self._result = probe(path, settings, decode=True)
+        except BaseException as exc:  # handed to the request thread by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> ProbeResult:
+        """Wait for the check; return its probe result or raise its error (422 and such)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result

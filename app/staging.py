@@ -18,11 +18,16 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from app.errors import InsufficientStorage, PayloadTooLarge, Unavailable
 
-CHUNK = 256 * 1024
+# Size of each read from the request body. gunicorn's body reader blocks until it holds the whole
+# read, copying it through a few BytesIO buffers on the way, and it receives up to 1 MiB per
+# recv(): reads smaller than that copy what is left of each recv() again on every call. Timed
+# through gunicorn's reader on a 10 MB body: 128 KiB 12.6 ms, 256 KiB (the old size) 8.5 ms,
+# 512 KiB 7.4 ms, 1 MiB 7.8 ms, 4 MiB 13.8 ms.
+CHUNK = 512 * 1024
 PREFIX = "upload-"
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
@@ -70,10 +75,14 @@ class StagingFile:
         if self._fh is not None:
             self._fh.flush()
 
-    def copy_from(self, stream: BinaryIO) -> None:
-        """Read ``stream`` in chunks until EOF or the limit, whichever comes first."""
+    def copy_from(self, stream: IO[bytes]) -> None:
+        """Read ``stream`` in chunks until EOF or the limit, whichever comes first.
+
+        No read asks for more than one byte past the limit: that byte proves the upload too
+        large, so reading stops as soon as the limit is passed, whatever CHUNK is.
+        """
         while True:
-            chunk = stream.read(CHUNK)
+            chunk = stream.read(min(CHUNK, self.limit - self.size + 1))
             if not chunk:
                 break
             self.write(chunk)

@@ -6,11 +6,51 @@ import io
 
 import pytest
 
+from app.service import CONCURRENT_CHECK_BYTES
 from tests import images
 from tests.conftest import ADMIN, auth, make_settings
+from tests.imaging.samples import encode, noisy_rgb
 from tests.test_upload_api import blob_files, staging_files
 
 TRUNCATED_JPEG = images.jpeg(200, 200)[:600]
+# Large enough that the decode check runs on a second thread while the blob is written, so a
+# refusal has to take back a blob that was already installed.
+BIG_JPEG = encode(noisy_rgb(800, 600, noise=0.5), "JPEG", quality=90)
+BIG_PROGRESSIVE = encode(noisy_rgb(800, 600, noise=0.5), "JPEG", quality=90, progressive=True)
+assert len(BIG_JPEG) > CONCURRENT_CHECK_BYTES + 8192
+assert len(BIG_PROGRESSIVE) > CONCURRENT_CHECK_BYTES + 8192
+
+
+def _entropy_middle(data: bytes) -> int:
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    return (start + len(data)) // 2
+
+
+def _inserted(data: bytes, marker: bytes) -> bytes:
+    """A marker segment where entropy-coded data should continue: a decoder error."""
+    at = _entropy_middle(data)
+    return data[:at] + marker + data[at:]
+
+
+# Large, new, undecodable: truncated at several points, corrupt entropy-coded data.
+BIG_UNDECODABLE = [
+    (f"big {kind} jpeg truncated at {where}", data[:cut])
+    for kind, data in (("baseline", BIG_JPEG), ("progressive", BIG_PROGRESSIVE))
+    for where, cut in (
+        ("the limit of the concurrent check", CONCURRENT_CHECK_BYTES + 1),
+        ("three quarters", len(data) * 3 // 4),
+        ("its last 2 bytes (EOI)", len(data) - 2),
+    )
+] + [
+    (f"big {kind} jpeg with {what} inside the scan", _inserted(data, marker))
+    for kind, data in (("baseline", BIG_JPEG), ("progressive", BIG_PROGRESSIVE))
+    for what, marker in (
+        ("an SOF marker", b"\xff\xc0\x00\x11"),
+        ("an SOS marker", b"\xff\xda\x00\x02"),
+        ("a DHT marker", b"\xff\xc4\x00\x03\x00"),
+    )
+]
 HOSTILE = [
     ("empty body", b"", 400, "missing_file"),
     ("one byte", b"\xff", 415, "unsupported_media_type"),
@@ -25,7 +65,7 @@ HOSTILE = [
     ("png claiming 60000x60000", images.png_claiming(60000, 60000), 422, "too_many_pixels"),
     ("jpeg SOF claiming 65000x65000", images.jpeg_claiming(65000, 65000), 422, "too_many_pixels"),
     ("gif screen 65535x65535", images.gif_claiming(65535, 65535), 422, "too_many_pixels"),
-]
+] + [(name, data, 422, "undecodable") for name, data in BIG_UNDECODABLE]
 
 
 def assert_nothing_left(client, data_dir):  # type: ignore[no-untyped-def]

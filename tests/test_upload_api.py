@@ -161,3 +161,113 @@ def test_public_config(client):
     assert cfg["widths"] == [160, 320, 480, 640, 960, 1280, 1920, 2560]
     assert cfg["max_output_side"] == 4096
     assert cfg["cdn_base_url"] == "http://localhost"
+
+
+# --- reading the raw body -------------------------------------------------------------------
+# gunicorn sets wsgi.input_terminated: the body is then read from wsgi.input directly (see
+# app.http.uploads); werkzeug's test client does not, so these tests set it themselves.
+TERMINATED = {"wsgi.input_terminated": True}
+
+
+class CountingStream(io.BytesIO):
+    """A body that records how much was read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.taken = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+
+def test_raw_body_read_from_the_servers_terminated_stream(client, data_dir):
+    data = images.jpeg(300, 200, seed=31)
+    r = client.post("/v1/images", data=data, headers=auth(), environ_overrides=TERMINATED)
+    assert r.status_code == 201, r.json
+    assert r.json["hash"] == hashlib.sha256(data).hexdigest() and r.json["size"] == len(data)
+    assert [p.read_bytes() for p in blob_files(data_dir)] == [data]
+    assert staging_files(data_dir) == []
+
+
+def test_raw_body_shorter_than_its_content_length_is_refused(client, data_dir):
+    """A client gone mid-upload: gunicorn's reader ends the body early instead of failing, and
+    a prefix of an image may decode (this PNG is complete, 500 bytes are missing after it)."""
+    data = images.png(40, 30, seed=32)
+    for overrides in (TERMINATED, {}):  # the server's stream, and werkzeug's guarded one
+        r = client.post(
+            "/v1/images",
+            input_stream=io.BytesIO(data),
+            headers=auth(),
+            environ_overrides={**overrides, "CONTENT_LENGTH": str(len(data) + 500)},
+        )
+        assert r.status_code == 400, r.json
+        assert r.json["error"]["code"] in ("incomplete_body", "bad_request")
+        assert blob_files(data_dir) == [] and staging_files(data_dir) == []
+    assert client.get("/v1/images", headers=auth()).json["items"] == []
+
+
+def test_declared_length_over_the_limit_is_413(data_dir):
+    """Over the request ceiling (limit + multipart slack): refused before a byte is read, as
+    werkzeug's guarded stream does. Between the limit and the ceiling: read up to one byte
+    past the limit, then refused (nginx streams such a body and must see the 413)."""
+    from app import create_app
+    from tests.conftest import make_settings
+
+    client = create_app(make_settings(data_dir, max_upload_bytes=50_000)).test_client()
+    for declared, read in ((50_000 + 64 * 1024 + 1, 0), (60_003, 50_001)):
+        body = CountingStream(b"\xff\xd8\xff" + b"\0" * (declared - 3))
+        r = client.post(
+            "/v1/images",
+            input_stream=body,
+            headers=auth(),
+            environ_overrides={**TERMINATED, "CONTENT_LENGTH": str(declared)},
+        )
+        assert r.status_code == 413 and r.json["error"]["code"] == "payload_too_large"
+        assert body.taken == read
+        assert staging_files(data_dir) == []
+
+
+def test_undeclared_length_stops_one_byte_past_the_limit(data_dir):
+    """Chunked (no Content-Length): reading stops as soon as the limit is passed, whatever the
+    read size."""
+    from app import create_app
+    from tests.conftest import make_settings
+
+    client = create_app(make_settings(data_dir, max_upload_bytes=50_000)).test_client()
+    body = CountingStream(b"\xff\xd8\xff" + b"\0" * 3_000_000)
+    r = client.post(
+        "/v1/images",
+        input_stream=body,
+        headers=auth(),
+        environ_overrides={**TERMINATED, "CONTENT_LENGTH": ""},
+    )
+    assert r.status_code == 413 and r.json["error"]["code"] == "payload_too_large"
+    assert body.taken == 50_001
+    assert staging_files(data_dir) == []
+
+
+def test_incomplete_body_against_gunicorn(data_dir):
+    import socket
+
+    from tests.conftest import ALICE
+    from tests.live import gunicorn
+
+    data = images.png(40, 30, seed=33)
+    with gunicorn(data_dir, workers=1) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n"
+                f"Content-Length: {len(data) + 1000}\r\n\r\n".encode()
+                + data
+            )
+            sock.shutdown(socket.SHUT_WR)  # the client stops sending
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert b'"incomplete_body"' in answer
+        assert blob_files(data_dir) == [] and staging_files(data_dir) == []
+        assert "Traceback" not in server.logs()

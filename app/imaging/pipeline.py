@@ -10,9 +10,7 @@ in the source's stored orientation so that the rotated result has the requested 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image
@@ -31,6 +29,7 @@ from app.imaging.decode import (
 )
 from app.imaging.formats import SourceFormat
 from app.imaging.variants import CONTENT_TYPES
+from app.pools import LazyPool
 from app.settings import Settings, VariantSpec
 
 # Resampling: Lanczos after a cheap box reduction to within 2x of the target (Pillow's
@@ -211,7 +210,7 @@ def _resize_bands(im: Image.Image, target: tuple[int, int], cut: int) -> Image.I
     def band(box: tuple[float, float, float, float], rows: int) -> Image.Image:
         return src.resize((target[0], rows), RESAMPLE, box=box)
 
-    helper = _band_pool().submit(band, bottom, target[1] - cut) if RESIZE_THREADS > 1 else None
+    helper = _BAND_POOL.submit(band, bottom, target[1] - cut) if RESIZE_THREADS > 1 else None
     upper = band(top, cut)
     lower = helper.result() if helper is not None else band(bottom, target[1] - cut)
     out = Image.new(src.mode, target)
@@ -220,17 +219,7 @@ def _resize_bands(im: Image.Image, target: tuple[int, int], cut: int) -> Image.I
     return out
 
 
-_BAND_POOL: ThreadPoolExecutor | None = None
-_BAND_POOL_LOCK = threading.Lock()
-
-
-def _band_pool() -> ThreadPoolExecutor:
-    """Created on first use, so a forking server (gunicorn) makes it in each worker."""
-    global _BAND_POOL
-    with _BAND_POOL_LOCK:
-        if _BAND_POOL is None:
-            _BAND_POOL = ThreadPoolExecutor(1, thread_name_prefix="resize")
-        return _BAND_POOL
+_BAND_POOL = LazyPool(1, "resize")
 
 
 def orient_image(im: Image.Image, orient: int) -> Image.Image:
