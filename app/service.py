@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import secrets
 import tempfile
 import threading
@@ -42,7 +41,6 @@ from app.metadata import (
     Page,
     ReferenceRecord,
 )
-from app.pools import LazyPool
 from app.settings import Settings, VariantSpec
 from app.staging import StagingFile
 from app.storage import ArchivedError, BlobStore, NotFound, StorageError, keys
@@ -68,24 +66,11 @@ class IngestResult:
 
 @dataclass
 class VerifiedOriginal:
-    """Bytes of an original that matched their hash, ready to stream.
-
-    With ``pending`` set (``read_original(..., deferred_check=True)``), the hash is still being
-    computed on another thread while the caller decodes: the caller must call ``verify()``
-    before anything made from the bytes leaves the process.
-    """
+    """Bytes of an original that matched their hash, ready to stream."""
 
     object: ObjectRecord
     size: int
     spool: BinaryIO
-    pending: Callable[[], None] | None = None
-
-    def verify(self) -> None:
-        """Wait for a deferred hash check; raises IntegrityFailure if the bytes are not the
-        content. A no-op when the check already passed before the bytes were handed out."""
-        check, self.pending = self.pending, None
-        if check is not None:
-            check()
 
     def iter_chunks(self) -> Iterator[bytes]:
         try:
@@ -426,13 +411,8 @@ class ImageService:
         if obj.tier in (TIER_ARCHIVED, TIER_RESTORING):
             self.tiers.await_restore(obj)
 
-    def read_original(self, obj: ObjectRecord, *, deferred_check: bool = False) -> VerifiedOriginal:
+    def read_original(self, obj: ObjectRecord) -> VerifiedOriginal:
         """Spool the original while re-hashing it; hand it out only if the hash matches.
-
-        ``deferred_check``: for a transform, which keeps its output to itself until it calls
-        ``verify()``. An original small enough to hold in memory is then hashed on another
-        core while it is decoded (SHA-256 of a 2.5 MB photo is several ms of a 40 ms cold
-        variant here); larger ones are checked before they are handed out, as always.
 
         Tiers: a cold original (GLACIER_IR, local cold directory) is read at once and promoted
         back to hot in the background. An archived one (GLACIER, DEEP_ARCHIVE) is restored on
@@ -442,13 +422,12 @@ class ImageService:
         key = keys.original_key(obj.hash)
         if obj.tier in (TIER_ARCHIVED, TIER_RESTORING):
             self.tiers.await_restore(obj)  # 503 while S3 is still restoring it
-        deferred = deferred_check and obj.size <= SPOOL_MEMORY
         try:
-            verified = self._read_verified(obj, key, deferred)
+            verified = self._read_verified(obj, key)
         except ArchivedError:
             self.tiers.start_restore(obj)  # 503, unless a restored copy is readable already
             try:
-                verified = self._read_verified(obj, key, deferred)
+                verified = self._read_verified(obj, key)
             except ArchivedError as exc:
                 raise self.tiers.restoring(obj) from exc
         if obj.tier != TIER_HOT:
@@ -459,11 +438,7 @@ class ImageService:
         """Move an original and its stored variants back to the hot tier (see app.tiering)."""
         return self.tiers.promote(digest)
 
-    def _read_verified(
-        self, obj: ObjectRecord, key: str, deferred: bool = False
-    ) -> VerifiedOriginal:
-        if deferred:
-            return self._read_in_memory(obj, key)
+    def _read_verified(self, obj: ObjectRecord, key: str) -> VerifiedOriginal:
         spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - handed to the caller
             max_size=SPOOL_MEMORY, dir=str(self.settings.staging_dir)
         )
@@ -506,39 +481,6 @@ class ImageService:
             self._integrity_failure(key, obj.hash, actual)
         return VerifiedOriginal(obj, size, spool)
 
-    def _read_in_memory(self, obj: ObjectRecord, key: str) -> VerifiedOriginal:
-        """Read the whole original (at most its recorded size) and hash it on the hash pool;
-        the returned original's ``verify()`` waits for that hash."""
-        data = bytearray()
-        try:
-            with self.blobs.open(key) as stream:
-                while chunk := stream.read(READ_CHUNK):
-                    if len(data) + len(chunk) > obj.size:
-                        # Longer than the content: not it. Hash the rest without keeping it.
-                        hasher = hashlib.sha256(data)
-                        hasher.update(chunk)
-                        while chunk := stream.read(READ_CHUNK):
-                            hasher.update(chunk)
-                        self._integrity_failure(key, obj.hash, hasher.hexdigest())
-                    data += chunk
-        except NotFound as exc:
-            event("storage_blob_missing", key=key)
-            raise IntegrityFailure("stored content is missing") from exc
-        except StorageError as exc:
-            if isinstance(exc, ArchivedError):
-                raise
-            raise Unavailable("storage unavailable", code="storage_unavailable") from exc
-        content = bytes(data)
-        del data
-        digest = _HASH_POOL.submit(_sha256_hex, content)
-
-        def check() -> None:
-            actual = digest.result()
-            if actual != obj.hash:
-                self._integrity_failure(key, obj.hash, actual)
-
-        return VerifiedOriginal(obj, len(content), io.BytesIO(content), pending=check)
-
     def _integrity_failure(self, key: str, expected: str, actual: str) -> None:
         event("storage_integrity_failure", level=40, key=key, expected=expected, actual=actual)
         metrics.INTEGRITY_FAILURES.inc()
@@ -558,14 +500,6 @@ class ImageService:
             return fn(*args)
         except MetadataError as exc:
             raise Unavailable("metadata store unavailable", code="database_unavailable") from exc
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()  # releases the GIL: runs beside the decoder
-
-
-# Hashes run beside the decoder of the same request (hashlib releases the GIL).
-_HASH_POOL = LazyPool(2, "original-hash")
 
 
 def new_reference_id() -> str:

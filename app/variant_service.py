@@ -238,16 +238,9 @@ class VariantService:
     ) -> None:
         try:
             started = time.perf_counter()
-            # Integrity-checked before anything made from it leaves: small originals are hashed
-            # on another core while they are decoded, and verify() waits for that hash.
-            verified = self.read_original(obj, deferred_check=True)
+            verified = self.read_original(obj)  # integrity-checked before any decode
             try:
-                try:
-                    rendered = render(verified.source(), spec, self.settings)
-                except BaseException:
-                    verified.verify()  # damaged bytes are an integrity failure, not a bad image
-                    raise
-                verified.verify()
+                rendered = render(verified.source(), spec, self.settings)
             finally:
                 verified.close()
             elapsed = time.perf_counter() - started

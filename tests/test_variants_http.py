@@ -172,30 +172,6 @@ def test_transform_of_a_corrupted_original_is_refused(client, data_dir):
     assert transforms() == before
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        pytest.param(lambda raw: raw[:20] + b"\x00" * 40 + raw[60:], id="undecodable-header"),
-        pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),
-        pytest.param(lambda raw: raw + b"trailing bytes", id="longer-than-recorded"),
-        pytest.param(lambda raw: raw[:-200] + bytes(b ^ 0x55 for b in raw[-200:]), id="pixels"),
-    ],
-)
-def test_damaged_original_is_an_integrity_failure_and_nothing_is_kept(
-    client, data_dir, services, damage
-):
-    """The hash of a small original is checked while it is decoded: whatever the damage does
-    to decoding, the answer is the integrity failure and no variant is cached or stored."""
-    doc = upload(client, images.jpeg(200, 200, seed=9))
-    (blob,) = [p for p in (data_dir / "blobs" / "sha256").rglob("*") if p.is_file()]
-    blob.write_bytes(damage(blob.read_bytes()))
-    for _ in range(2):  # the second request must not find anything the first one made
-        r = client.get(f"/{doc['hash']}/webp/high/160")
-        assert r.status_code == 500 and r.json["error"]["code"] == "integrity_failure"
-    assert services.meta.list_variants(doc["hash"]) == []
-    assert services.meta.get_object(doc["hash"]).integrity_failed_at is not None
-
-
 def test_access_recorded_once_per_interval(client, services):
     doc = upload(client, images.jpeg(120, 90))
     writes = metrics.ACCESS_WRITES._value.get()

@@ -35,7 +35,7 @@ def encode(im: Image.Image, fmt: str, options: Mapping[str, int]) -> bytes:
         # optimize: Huffman tables fitted to the image (smaller, same pixels, cheap). progressive
         # (a preset option): about 2% smaller and renders early on slow links, but encodes in
         # about 2.5x the time. Subsampling stays libjpeg's 4:2:0 default.
-        progressive = bool(options.get("progressive", 0))
+        progressive = bool(options.get("progressive", 1))
         im.save(buf, "JPEG", quality=quality, progressive=progressive, optimize=True)
     elif fmt == "webp":
         im.save(buf, "WEBP", quality=quality, method=int(options.get("method", 2)), exif=b"")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import BadRequest, TooManyPixels, Unprocessable, UnsupportedMediaType
-from app.imaging import Rendered, render
+from app.imaging import Rendered, encoders, render
 from app.imaging.formats import detect_mime
 from app.imaging.pipeline import plan_size
 from app.settings import VariantSpec
@@ -85,15 +85,26 @@ def test_path_and_bytes_give_the_same_result(tmp_path, settings) -> None:
     assert render(str(path), spec, settings) == render(SOURCES["webp"], spec, settings)
 
 
-def test_jpeg_is_baseline_unless_the_preset_asks_for_progressive(settings) -> None:
+def test_jpeg_is_progressive_unless_the_preset_asks_for_baseline(settings) -> None:
     spec = VariantSpec("jpeg", "high", 320)
-    baseline = decode(render(SOURCES["jpeg"], spec, settings).data)
-    assert not (baseline.info.get("progressive") or baseline.info.get("progression"))
-    presets = {**settings.presets, "high": {**settings.presets["high"]}}
-    presets["high"]["jpeg"] = {"quality": 85, "progressive": 1}
-    progressive = settings.with_overrides(presets=presets)
-    out = decode(render(SOURCES["jpeg"], spec, progressive).data)
+    out = decode(render(SOURCES["jpeg"], spec, settings).data)
     assert out.info.get("progressive") or out.info.get("progression")
+    presets = {**settings.presets, "high": {**settings.presets["high"]}}
+    presets["high"]["jpeg"] = {"quality": 85, "progressive": 0}
+    baseline = decode(render(SOURCES["jpeg"], spec, settings.with_overrides(presets=presets)).data)
+    assert not (baseline.info.get("progressive") or baseline.info.get("progression"))
+
+
+def test_jpeg_huffman_tables_are_optimised() -> None:
+    """Optimised tables: the same pixels in fewer bytes than libjpeg's standard tables give.
+    (A progressive JPEG always gets optimised tables from libjpeg; this checks the baseline
+    option, where only ``optimize`` makes the difference.)"""
+    im = noisy_rgb(400, 300)
+    data = encoders.encode(im, "jpeg", {"quality": 85, "progressive": 0})
+    standard = io.BytesIO()
+    im.save(standard, "JPEG", quality=85, optimize=False)
+    assert len(data) < len(standard.getvalue())
+    assert decode(data).tobytes() == decode(standard.getvalue()).tobytes()
 
 
 def test_large_source_without_width_is_capped_at_max_output_side(settings) -> None:
