@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 READ_CHUNK = 256 * 1024
 SPOOL_MEMORY = 8 * 1024 * 1024
 INGEST_ATTEMPTS = 50
+# Waits (s) before each new try of a pre-generated variant the transform pool had no room for.
+PREGENERATE_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 # New content at least this large has its decode check run on a second thread while its blob is
 # written (see ``ingest``); below it the check takes a few milliseconds and runs first.
 CONCURRENT_CHECK_BYTES = 256 * 1024
@@ -381,15 +383,32 @@ class ImageService:
         return self.variants.get(obj, spec)
 
     def pregenerate(self, digest: str) -> int:
-        """Make the configured common variants; skips content that is gone or broken."""
+        """Make the configured common variants; skips content that is gone or broken.
+
+        A background job shares the worker's transform slots with requests, so a busy pool
+        (503 for a request) only makes it wait and try again: the in-process runner has no
+        retries of its own. A variant still not made after ``PREGENERATE_BACKOFF`` is left for
+        its first request; the others are still made, then the job fails (RQ retries it).
+        """
         assert self.variants is not None
         obj = self._get_object(digest)
         if obj is None or obj.ref_count <= 0 or obj.integrity_failed_at is not None:
             return 0
         made = 0
+        missed: list[str] = []
         for spec in self.settings.pregenerate:
-            if self.variants.ensure(obj, spec).source == "transform":
-                made += 1
+            for pause in (*PREGENERATE_BACKOFF, None):
+                try:
+                    if self.variants.ensure(obj, spec).source == "transform":
+                        made += 1
+                    break
+                except Unavailable:
+                    if pause is None:
+                        missed.append(spec.path)
+                    else:
+                        time.sleep(pause)
+        if missed:
+            raise Unavailable(f"pre-generation left {', '.join(missed)} for later", code="busy")
         return made
 
     def record_access(self, obj: ObjectRecord) -> None:

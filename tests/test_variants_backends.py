@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,6 +95,27 @@ def test_pregenerated_in_process(data_dir):
     assert app.config["IMAGE_ORIGIN"].jobs.wait_idle(60)
     fresh_client = create_app(settings).test_client()  # empty memory cache: must hit the store
     _assert_pregenerated(settings, doc["hash"], fresh_client)
+
+
+def test_pregeneration_waits_for_a_busy_transform_pool(data_dir):
+    """Requests hold every transform slot while the job starts: the job waits its turn instead
+    of dropping the variants (the in-process runner has no retries of its own)."""
+    settings = make_settings(
+        data_dir, pregenerate=parse_pregenerate(PREGEN), transform_concurrency=1
+    )
+    app = create_app(settings)
+    services = app.config["IMAGE_ORIGIN"]
+    release = threading.Event()
+    holder = services.service.variants.pool.submit(release.wait, 30)  # a long transform in progress
+    try:
+        doc = upload(app.test_client(), images.jpeg(1400, 900, seed=14))
+        time.sleep(1.0)  # the job has found the pool busy at least once by now
+        assert not services.jobs.wait_idle(0)
+    finally:
+        release.set()
+        holder.result(timeout=30)
+    assert services.jobs.wait_idle(60)
+    _assert_pregenerated(settings, doc["hash"], create_app(settings).test_client())
 
 
 def test_pregenerated_by_rq_worker(data_dir, redis_url):
