@@ -1,4 +1,9 @@
-"""Processes of a live gunicorn, read from /proc (Linux): its workers and their memory."""
+"""Processes of a live gunicorn, read from /proc (Linux): its workers and their memory.
+
+Memory is read two ways: VmRSS (resident now) and VmHWM (the resident peak since the process
+started, or since ``reset_peak``). A spike during one decode that is freed before the request
+answers shows only in VmHWM.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +30,35 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (VmRSS), 0 if it has exited."""
+def _status_kib(pid: int, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS), 0 if it has exited."""
+    return _status_kib(pid, "VmRSS")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident set size of ``pid`` in KiB (VmHWM) since the last ``reset_peak``, 0 if it
+    has exited."""
+    return _status_kib(pid, "VmHWM")
+
+
+def reset_peak(pid: int) -> None:
+    """Reset ``pid``'s VmHWM to its current RSS (``echo 5 > /proc/PID/clear_refs``: Linux >= 4.0,
+    needs the right to write there, i.e. the same user or root). A process that has exited is
+    left alone; any other refusal raises OSError."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except (FileNotFoundError, ProcessLookupError):
+        pass
 
 
 def workers(master: int, expected: int, timeout: float = 30.0) -> list[int]:
