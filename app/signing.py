@@ -119,6 +119,14 @@ def raw_request_path(environ: dict) -> str:  # type: ignore[type-arg]
     return raw.split("?", 1)[0]
 
 
+def redacted(path: str) -> str:
+    """A signed path fit for a log: whatever stands in the token's place (the segment after
+    ``/s/``) replaced by ``-``, as the access log writes it (``/s/-/<hash>/...``), and cut to
+    MAX_RAW_PATH characters."""
+    first, _, rest = path.removeprefix("/").partition("/")
+    return f"/{first}/-/{rest.partition('/')[2]}"[:MAX_RAW_PATH]
+
+
 def variant_path(digest: str, fmt: str, quality: str | None, width: int | None) -> str:
     """The path a signature covers: ``hash/original`` or ``hash/format/quality[/width]``."""
     if fmt == "original":

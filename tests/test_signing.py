@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from app import create_app
-from app.signing import UrlSigner
+from app.signing import UrlSigner, redacted
 from tests import images
 from tests.conftest import BOB, SIGNING, auth, base_env, make_settings
 from tests.waiting import wait_stored
@@ -36,6 +36,24 @@ class StoreSpy:
 
             return wrapped
         return attr
+
+
+def spy_on_stores(services) -> tuple[StoreSpy, StoreSpy]:  # type: ignore[no-untyped-def]
+    """Put spies in front of the service's blob and metadata stores (the variant service's
+    too); returns (blobs, meta)."""
+    blob_spy, meta_spy = StoreSpy(services.blobs), StoreSpy(services.meta)
+    services.service.blobs = services.service.variants.blobs = blob_spy
+    services.service.meta = services.service.variants.meta = meta_spy
+    return blob_spy, meta_spy
+
+
+def rejections(caplog) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The ``signature_rejected`` events logged so far."""
+    found = []
+    for record in caplog.records:
+        if record.name == "image_origin" and '"signature_rejected"' in record.getMessage():
+            found.append(json.loads(record.getMessage()))
+    return found
 
 
 @pytest.fixture
@@ -154,36 +172,63 @@ def _tampered_paths(good: str, h: str, other_hash: str) -> dict[str, str]:
     }
 
 
-def test_tampered_signed_urls_are_403_and_never_reach_storage(app, client, private_image):
+def test_tampered_signed_urls_are_403_and_never_reach_storage(app, client, private_image, caplog):
     h = private_image["hash"]
     other = client.post("/v1/images?private=true", data=images.png(30, 30), headers=auth()).json
     good = sign(f"{h}/webp/high/640")
     assert client.get(good).status_code == 200
     services = app.config["IMAGE_ORIGIN"]
     wait_stored(services, h)  # the variant is stored after the answer; let that finish first
-    blob_spy, meta_spy = StoreSpy(services.blobs), StoreSpy(services.meta)
-    services.service.blobs = services.service.variants.blobs = blob_spy
-    services.service.meta = services.service.variants.meta = meta_spy
-    for name, path in _tampered_paths(good, h, other["hash"]).items():
-        r = client.get(path)
-        assert r.status_code == 403, (name, path, r.status_code)
-        assert r.json["error"]["code"] == "signature_invalid", name
+    blob_spy, meta_spy = spy_on_stores(services)
+    tampered = _tampered_paths(good, h, other["hash"])
+    with caplog.at_level(logging.DEBUG, logger="image_origin"):
+        for name, path in tampered.items():
+            before = len(rejections(caplog))
+            r = client.get(path)
+            assert r.status_code == 403, (name, path, r.status_code)
+            assert r.json["error"]["code"] == "signature_invalid", name
+            events = rejections(caplog)
+            assert len(events) == before + 1, f"{name}: not one signature_rejected event"
+            assert events[-1]["code"] == "signature_invalid", name
+            assert events[-1]["path"].startswith("/s/-/"), (name, events[-1]["path"])
     assert blob_spy.calls == [] and meta_spy.calls == []
+    # the path is kept, the token is not
+    changed = events[list(tampered).index("format changed")]
+    assert changed["path"] == f"/s/-/{h}/jpeg/high/640" and changed["method"] == "GET"
+    token = good.split("/")[2]
+    for secret in {token, token.split(".")[1], *(p.split("/")[2] for p in tampered.values())}:
+        if len(secret) >= 20:  # every token and signature here (the empty one is no secret)
+            assert secret not in caplog.text, secret
     assert client.get(sign(f"{h}/webp/high/320")).status_code == 200
     assert meta_spy.calls and blob_spy.calls  # the spies do see what gets through
 
 
-def test_expiry_to_the_second(client, private_image, caplog):
+def test_expiry_to_the_second(app, client, private_image, caplog):  # type: ignore[no-untyped-def]
     h = private_image["hash"]
     signer = UrlSigner([SIGNING])
+    blob_spy, meta_spy = spy_on_stores(app.config["IMAGE_ORIGIN"])
     now = int(time.time())
     expired = signer.sign_path(f"{h}/webp/high", now - 1)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG, logger="image_origin"):
         r = client.get(expired)
     assert r.status_code == 403 and r.json["error"]["code"] == "signature_expired"
-    assert expired.split("/")[2] not in caplog.text  # the token is never logged
+    assert blob_spy.calls == [] and meta_spy.calls == []  # refused before any lookup
+    (logged,) = rejections(caplog)
+    assert logged["code"] == "signature_expired"
+    assert logged["path"] == f"/s/-/{h}/webp/high"
+    token = expired.split("/")[2]
+    assert token not in caplog.text and token.split(".")[1] not in caplog.text
     assert client.get(signer.sign_path(f"{h}/webp/high", now + 2)).status_code == 200
+    assert meta_spy.calls and blob_spy.calls  # the spies do see what gets through
     assert signer.verify_raw(signer.sign_path(f"{h}/original", now), now=now).expires_at == now
+
+
+def test_redacted_drops_whatever_stands_in_the_token_place() -> None:
+    h = "ab" * 32
+    assert redacted(f"/s/123.{'A' * 43}/{h}/webp/high/640") == f"/s/-/{h}/webp/high/640"
+    assert redacted(f"/s//{h}/original") == f"/s/-/{h}/original"
+    assert redacted("/s/only-a-token") == "/s/-/"
+    assert len(redacted("/s/t/" + "x" * 5000)) == 512
 
 
 def test_key_rotation(data_dir, private_image, client):

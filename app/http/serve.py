@@ -7,15 +7,18 @@ before routing results are used, so a bad token is 403 whatever follows it.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
-from app.errors import NotFoundError
+from app.errors import Forbidden, NotFoundError
+from app.http.observability import request_id
 from app.imaging.variants import negotiate, parse_variant
-from app.signing import SIGNED_PREFIX, VerifiedPath, raw_request_path
+from app.logs import event
+from app.signing import SIGNED_PREFIX, VerifiedPath, raw_request_path, redacted
 from app.storage import keys
 from app.variant_service import etag_for_key, variant_storage_key
 
@@ -43,13 +46,27 @@ def _services():  # type: ignore[no-untyped-def]
 @bp.before_app_request
 def _verify_signed_path() -> None:
     """Signature first: before any lookup, decoding or storage access. A method the route
-    does not serve (TRACE, POST) is its 405 whatever the token: nothing is looked up for it."""
+    does not serve (TRACE, POST) is its 405 whatever the token: nothing is looked up for it.
+    A refusal is logged (``signature_rejected``: its code and the path with the token
+    redacted, never the token)."""
     if isinstance(request.routing_exception, MethodNotAllowed):
         return
     if request.path.startswith(SIGNED_PREFIX) or request.environ.get(
         "RAW_URI", request.environ.get("REQUEST_URI", "")
     ).startswith(SIGNED_PREFIX):
-        g.signed = _services().signer.verify_raw(raw_request_path(request.environ))
+        try:
+            g.signed = _services().signer.verify_raw(raw_request_path(request.environ))
+        except Forbidden as exc:
+            # The decoded path, so a percent-encoded prefix (/%73/<token>/...) is redacted too.
+            event(
+                "signature_rejected",
+                level=logging.INFO,
+                code=exc.code,
+                method=request.method,
+                path=redacted(request.path),
+                request_id=request_id(),
+            )
+            raise
 
 
 @bp.after_request
