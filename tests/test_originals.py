@@ -8,8 +8,6 @@ import logging
 import sqlite3
 from contextlib import closing
 
-import pytest
-
 from tests import images
 from tests.conftest import ADMIN, auth
 from tests.test_upload_api import blob_files, staging_files
@@ -148,13 +146,6 @@ def test_failed_metadata_commit_leaves_no_row_and_an_orphan_blob(client, service
     assert staging_files(data_dir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/metadata/sqlite.py _tx runs COMMIT outside its rollback handler and does not "
-    "map sqlite3 errors to MetadataError: a failed COMMIT is a 500 and leaves the thread's "
-    "connection inside the open transaction (it sees the uncommitted rows; every later write "
-    "on that thread is 503 'database busy'). Owned by the metadata engineers.",
-)
 def test_after_a_failed_commit_the_upload_is_503_and_the_next_one_works(client, services):
     fail_commits_of(services.meta.path, FAILING_NAME)
     data = images.jpeg(seed=78)

@@ -82,11 +82,16 @@ class SqliteMetadataStore:
                 raise MetadataError(f"database busy: {exc}") from exc
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException as exc:
+                # Also after a failed COMMIT (a constraint checked at commit, a full disk): the
+                # transaction is still open then, and a connection left inside it would see its
+                # own uncommitted rows and hold the write lock for every later use.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise MetadataError(str(exc)) from exc
+                raise
         finally:
             if durable:
                 conn.execute("PRAGMA synchronous=NORMAL")
