@@ -1,12 +1,17 @@
-"""URL parts -> VariantSpec, and the `auto` format's Accept negotiation."""
+"""URL parts -> VariantSpec, the `auto` format's Accept negotiation, and what the stored
+variant's key and ETag depend on (pipeline version, encoder options)."""
 
 from __future__ import annotations
 
 import pytest
 
+from app import create_app, variant_service
 from app.errors import BadRequest
 from app.imaging import CONTENT_TYPES, PIPELINE_VERSION, negotiate, parse_variant
-from app.settings import VariantSpec
+from app.settings import Settings, VariantSpec
+from app.variant_service import etag_for_key, variant_storage_key
+from tests import images
+from tests.conftest import auth, make_settings
 
 
 def test_valid_parts(settings) -> None:
@@ -88,6 +93,61 @@ def test_negotiate(accept: str | None, expected: str) -> None:
     assert negotiate(accept) == expected
 
 
-def test_content_types_and_version() -> None:
+def test_content_types() -> None:
     assert CONTENT_TYPES == {"jpeg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
-    assert isinstance(PIPELINE_VERSION, int) and PIPELINE_VERSION >= 1
+
+
+def _with_encoder(settings: Settings, preset: str, fmt: str, **options: int) -> Settings:
+    presets = {name: dict(per_format) for name, per_format in settings.presets.items()}
+    presets[preset][fmt] = {**presets[preset][fmt], **options}
+    return settings.with_overrides(presets=presets)
+
+
+def test_variant_key_and_etag_change_with_the_pipeline_version(settings, monkeypatch) -> None:
+    digest = "ab" * 32
+    spec = VariantSpec("webp", "high", 640)
+    key = variant_storage_key(digest, spec, settings)
+    assert variant_storage_key(digest, spec, settings) == key  # same inputs, same key
+    assert key.startswith(f"variant:{digest}/v{PIPELINE_VERSION}-")
+    # the key is built in app.variant_service from its own name for the constant
+    monkeypatch.setattr(variant_service, "PIPELINE_VERSION", PIPELINE_VERSION + 1)
+    bumped = variant_storage_key(digest, spec, settings)
+    assert bumped.startswith(f"variant:{digest}/v{PIPELINE_VERSION + 1}-")
+    assert bumped != key and etag_for_key(bumped) != etag_for_key(key)
+    # ... and only the version part moved
+    assert bumped.split("/", 2)[2] == key.split("/", 2)[2]
+
+
+def test_variant_key_and_etag_change_with_the_encoder_options(settings) -> None:
+    digest = "cd" * 32
+    spec = VariantSpec("webp", "high", 640)
+    key = variant_storage_key(digest, spec, settings)
+    for options in ({"quality": 81}, {"method": 4}):
+        changed = _with_encoder(settings, "high", "webp", **options)
+        other = variant_storage_key(digest, spec, changed)
+        assert other != key and etag_for_key(other) != etag_for_key(key), options
+        # the other formats and presets are not invalidated by it
+        for untouched in (VariantSpec("jpeg", "high", 640), VariantSpec("webp", "low", 640)):
+            assert variant_storage_key(digest, untouched, changed) == variant_storage_key(
+                digest, untouched, settings
+            )
+    # the same options again (a rebuilt Settings) give the same key
+    same = _with_encoder(settings, "high", "webp", **settings.presets["high"]["webp"])
+    assert variant_storage_key(digest, spec, same) == key
+
+
+def test_served_etag_follows_the_pipeline_version(data_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(data_dir))  # the API keys of tests/conftest.py
+    client = app.test_client()
+    r = client.post("/v1/images", data=images.jpeg(64, 48, seed=8), headers=auth())
+    assert r.status_code == 201, r.json
+    doc = r.json
+    path = f"/{doc['hash']}/webp/high/160"
+    first = client.get(path)
+    assert first.status_code == 200
+    etag = first.headers["ETag"]
+    assert client.get(path, headers={"If-None-Match": etag}).status_code == 304
+    monkeypatch.setattr(variant_service, "PIPELINE_VERSION", PIPELINE_VERSION + 1)
+    again = client.get(path, headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.headers["ETag"] != etag  # a client's copy is stale
+    app.config["IMAGE_ORIGIN"].close()
