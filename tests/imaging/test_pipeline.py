@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pytest
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
 from app.errors import BadRequest, TooManyPixels, Unprocessable, UnsupportedMediaType
-from app.imaging import Rendered, encoders, render
+from app.imaging import Rendered, encoders, pipeline, render
 from app.imaging.formats import detect_mime
 from app.imaging.pipeline import plan_size
 from app.settings import VariantSpec
@@ -46,23 +47,68 @@ def close(actual, expected, tolerance: int = 8) -> bool:
     return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
 
 
-@pytest.mark.parametrize("width", [160, 320, 480, 640, None])
-@pytest.mark.parametrize("quality", ["high", "low"])
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("source", sorted(SOURCES))
-def test_matrix(settings, source: str, fmt: str, quality: str, width: int | None) -> None:
-    rendered = render(SOURCES[source], VariantSpec(fmt, quality, width), settings)
+# The large widths on sources wider than all of them, but only 80 rows high: few pixels, so the
+# encoders (AVIF above all) stay quick.
+SMALL_WIDTHS = (160, 320, 480, 640)
+LARGE_WIDTHS = (960, 1280, 1920, 2560)
+WIDE_SIZE = (2600, 80)
+
+
+@functools.cache
+def wide_sources() -> dict[str, bytes]:
+    return {
+        "jpeg": encode(noisy_rgb(*WIDE_SIZE), "JPEG", quality=90),
+        "png-alpha": encode(alpha_rgba(*WIDE_SIZE), "PNG"),
+        "gif": encode(noisy_rgb(*WIDE_SIZE).convert("P"), "GIF"),
+        "webp": encode(noisy_rgb(*WIDE_SIZE), "WEBP"),
+    }
+
+
+def check_rendered(
+    rendered: Rendered, fmt: str, source: str, size: tuple[int, int], width: int | None
+) -> None:
     assert isinstance(rendered, Rendered)
     assert rendered.content_type == MIME[fmt]
     assert detect_mime(rendered.data) == MIME[fmt]
     out = decode(rendered.data)
     assert out.size == (rendered.width, rendered.height)
-    expected_w = min(width or SOURCE_SIZE[0], SOURCE_SIZE[0])  # never upscaled
+    expected_w = min(width or size[0], size[0])  # never upscaled
     assert out.width == expected_w
-    assert out.height == round(SOURCE_SIZE[1] * expected_w / SOURCE_SIZE[0])  # aspect kept
+    assert out.height == round(size[1] * expected_w / size[0])  # aspect kept
     assert "exif" not in out.info and "icc_profile" not in out.info and "xmp" not in out.info
     if source == "png-alpha":
         assert out.mode == ("RGB" if fmt == "jpeg" else "RGBA")
+
+
+def test_the_matrix_covers_every_configured_width(settings) -> None:
+    assert sorted(SMALL_WIDTHS + LARGE_WIDTHS) == sorted(settings.widths)
+
+
+@pytest.mark.parametrize("width", [*SMALL_WIDTHS, None])
+@pytest.mark.parametrize("quality", ["high", "low"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_matrix(settings, source: str, fmt: str, quality: str, width: int | None) -> None:
+    rendered = render(SOURCES[source], VariantSpec(fmt, quality, width), settings)
+    check_rendered(rendered, fmt, source, SOURCE_SIZE, width)
+
+
+@pytest.mark.parametrize("width", LARGE_WIDTHS)
+@pytest.mark.parametrize("quality", ["high", "low"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_matrix_large_widths(settings, source: str, fmt: str, quality: str, width: int) -> None:
+    rendered = render(wide_sources()[source], VariantSpec(fmt, quality, width), settings)
+    assert rendered.width == width  # a 2600-wide source: really resized to the large width
+    check_rendered(rendered, fmt, source, WIDE_SIZE, width)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_the_largest_width_does_not_upscale_a_smaller_source(settings, source, fmt) -> None:  # type: ignore[no-untyped-def]
+    rendered = render(SOURCES[source], VariantSpec(fmt, "high", LARGE_WIDTHS[-1]), settings)
+    assert rendered.width == SOURCE_SIZE[0]
+    check_rendered(rendered, fmt, source, SOURCE_SIZE, LARGE_WIDTHS[-1])
 
 
 def test_low_is_smaller_than_high(settings) -> None:
@@ -119,6 +165,39 @@ def test_width_of_a_narrow_source_keeps_its_size(settings) -> None:
     data = encode(noisy_rgb(100, 60), "PNG")
     rendered = render(data, VariantSpec("webp", "high", 2560), settings)
     assert (rendered.width, rendered.height) == (100, 60)
+
+
+def test_jpeg_is_decoded_at_a_reduced_dct_scale(settings, monkeypatch) -> None:
+    """A 12 MP JPEG -> 320: libjpeg is asked for a draft, and the pixels the pipeline then
+    decodes are 1/8 of the source per side (4000x3000 -> 500x375), not 12 MP."""
+    source_size = (4000, 3000)
+    gradient = Image.linear_gradient("L").resize(source_size).convert("RGB")
+    data = encode(gradient, "JPEG", quality=80)
+    drafts: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (asked for, size after)
+    decoded: list[tuple[int, int]] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+    real_working_mode = pipeline.to_working_mode
+
+    def spy_draft(im, mode, size):  # type: ignore[no-untyped-def]
+        result = real_draft(im, mode, size)
+        drafts.append((size, im.size))
+        return result
+
+    def spy_working_mode(im):  # type: ignore[no-untyped-def]
+        im.load()  # the decode: whatever scale the draft chose
+        decoded.append(im.size)
+        return real_working_mode(im)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy_draft)
+    monkeypatch.setattr(pipeline, "to_working_mode", spy_working_mode)
+    rendered = render(data, VariantSpec("webp", "high", 320), settings)
+    assert (rendered.width, rendered.height) == (320, 240)
+    assert drafts == [((320, 240), (500, 375))]
+    assert decoded == [(500, 375)]
+    # a PNG of the same size has no draft mode: decoded whole (the spy sees it too)
+    decoded.clear()
+    render(encode(gradient.resize((800, 600)), "PNG"), VariantSpec("webp", "high", 320), settings)
+    assert decoded == [(800, 600)] and len(drafts) == 1
 
 
 def test_plan_size_respects_format_limits(settings) -> None:
