@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from itsdangerous import BadData, Signer
 from itsdangerous.encoding import base64_decode, base64_encode
@@ -125,6 +125,14 @@ def redacted(path: str) -> str:
     MAX_RAW_PATH characters."""
     first, _, rest = path.removeprefix("/").partition("/")
     return f"/{first}/-/{rest.partition('/')[2]}"[:MAX_RAW_PATH]
+
+
+def loggable_path(raw: str) -> str:
+    """A raw request path fit for a log: a signed one redacted (:func:`redacted`), also when
+    its prefix is percent-encoded (``/%73/<token>/...``, which routes as ``/s/...``)."""
+    if raw.startswith(SIGNED_PREFIX) or unquote(raw).startswith(SIGNED_PREFIX):
+        return redacted(raw)
+    return raw
 
 
 def variant_path(digest: str, fmt: str, quality: str | None, width: int | None) -> str:

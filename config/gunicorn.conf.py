@@ -34,16 +34,20 @@ import datetime
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import tempfile
 
 from gunicorn.glogging import Logger
 
+from app import gunicorn_errors
 from app.settings import load
+from app.signing import loggable_path
 from app.staging import clean_staging
 
 _settings = load()
+# gunicorn's own refusals (request line or headers too large, bad chunking) answer JSON with
+# nosniff like the app, not gunicorn's HTML page (app/gunicorn_errors.py).
+gunicorn_errors.install()
 
 bind = _settings.bind
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
@@ -66,8 +70,6 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
-
-_SIGNED_TOKEN = re.compile(r"^/s/[^/]*/")
 
 
 class JsonAccessLogger(Logger):
@@ -92,7 +94,7 @@ class JsonAccessLogger(Logger):
                 "request_id": request_id,
                 "remote": environ.get("REMOTE_ADDR", "-"),
                 "method": environ.get("REQUEST_METHOD"),
-                "path": _SIGNED_TOKEN.sub("/s/-/", path),  # a signed URL's token is a secret
+                "path": loggable_path(path),  # a signed URL's token is a secret
                 "query": query,
                 "status": int(status) if str(status).isdigit() else status,
                 "bytes": getattr(resp, "sent", None),

@@ -9,11 +9,13 @@ log lines are JSON carrying the X-Request-ID the client saw, with signed tokens 
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -228,6 +230,16 @@ def test_access_log_is_json_with_the_request_id(live: LiveServer) -> None:
         timeout=10,
     ).json()["url"]
     token = signed.split("/s/")[1].split("/")[0]
+    # /%73/... routes as /s/...: refused (the signature covers the exact raw path), and its
+    # token must not be logged either. Sent raw: requests would unescape it.
+    raw = http.client.HTTPConnection(*live.url.removeprefix("http://").split(":"), timeout=10)
+    raw.request(
+        "GET",
+        urlsplit(signed).path.replace("/s/", "/%73/", 1),
+        headers={"User-Agent": "encoded prefix"},
+    )
+    assert raw.getresponse().status == 403
+    raw.close()
     assert requests.get(signed, headers={"User-Agent": 'quote " and \\ backslash'}).ok
     deadline = time.monotonic() + 15  # access lines are written after the response
     while True:
@@ -242,5 +254,7 @@ def test_access_log_is_json_with_the_request_id(live: LiveServer) -> None:
     assert new_id in by_id and generated in by_id
     line = next(r for r in lines if r["ua"] == 'quote " and \\ backslash')
     assert line["path"] == f"/s/-/{doc['hash']}/original"
+    line = next(r for r in lines if r["ua"] == "encoded prefix")
+    assert line["path"] == f"/%73/-/{doc['hash']}/original"
     assert token not in live.logs()
     assert all(isinstance(r["duration_ms"], float) and r["pid"] > 0 for r in lines)

@@ -288,3 +288,18 @@ def test_nginx_own_errors_are_json_with_nosniff(edge: NginxServer, doc: dict) ->
         assert r.headers["X-Content-Type-Options"] == "nosniff"
     image = get(f"{edge.url}/{doc['hash']}/webp/high/160")
     assert image.raw.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+
+
+def test_what_nginx_lets_through_and_gunicorn_refuses_is_json(edge: NginxServer) -> None:
+    """nginx's limits are looser than gunicorn's: a 5 KiB request line or 120 header fields
+    pass nginx and are refused by gunicorn, whose answer is JSON too (app/gunicorn_errors.py)."""
+    long_line = get(f"{edge.url}/" + "a" * 5000)
+    many = requests.get(
+        f"{edge.url}/healthz", headers={f"X-F{i}": "v" for i in range(120)}, timeout=30
+    )
+    for r, status in ((long_line, 414), (many, 431)):
+        assert r.status_code == status, (r.status_code, r.text[:300])
+        assert r.headers["Content-Type"] == "application/json"
+        assert r.json()["error"]["code"] in ("uri_too_long", "request_header_fields_too_large")
+        assert r.raw.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+        assert "<html" not in r.text.lower()
