@@ -1,15 +1,21 @@
 """Helpers for the data-lifecycle tests: uploads without HTTP, a controllable clock, paths of
-blobs on the local store, and the CLI in-process (click's runner) or as real processes."""
+blobs on the local store, raw SQL on the metadata database (SQLite or PostgreSQL, whichever the
+app uses), and the CLI in-process (click's runner) or as real processes.
+
+The tests run here on SQLite and again on PostgreSQL from
+tests/multinode/test_lifecycle_on_postgres.py, which points ``base_env`` at a fresh database.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ from click.testing import CliRunner, Result
 
 from app.cli import main
 from app.imaging.variants import parse_variant
+from app.settings import load
 from app.variant_service import variant_storage_key
 from tests import images
 from tests.conftest import base_env
@@ -84,11 +91,64 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def db(data_dir: Path) -> sqlite3.Connection:
-    """A raw connection, for tests that damage the metadata on purpose."""
-    conn = sqlite3.connect(data_dir / "metadata.db", isolation_level=None, timeout=15)
-    conn.row_factory = sqlite3.Row
-    return conn
+class RawDB:
+    """A raw connection to the app's metadata database, for tests that damage the metadata on
+    purpose. The same SQL on both backends: ``?`` placeholders, rows read by column name.
+    Autocommit (each statement commits), closed when its ``with`` block ends."""
+
+    def __init__(self, url: str) -> None:
+        self.postgres = not url.startswith("sqlite:///")
+        self.conn: Any
+        if self.postgres:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+        else:
+            self.conn = sqlite3.connect(url[len("sqlite:///") :], isolation_level=None, timeout=15)
+            self.conn.row_factory = sqlite3.Row
+
+    def execute(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(query.replace("?", "%s") if self.postgres else query, params)
+
+    def foreign_keys_off(self) -> None:
+        """Let this connection write rows that break the foreign keys (damage on purpose)."""
+        if self.postgres:  # FK checks are triggers, which the replica role does not fire
+            self.execute("SET session_replication_role = replica")
+        else:
+            self.execute("PRAGMA foreign_keys = OFF")
+
+    @contextlib.contextmanager
+    def writes_blocked(self) -> Iterator[None]:
+        """Hold the database's write lock (readers go on): SQLite's BEGIN IMMEDIATE, or for
+        PostgreSQL a LOCK TABLE on objects in a held transaction (plain reads go on; UPDATE and
+        SELECT ... FOR UPDATE queue). Writers wait, up to their busy/lock timeout of 15 s."""
+        if self.postgres:
+            self.execute("BEGIN")
+            self.execute("LOCK TABLE objects IN EXCLUSIVE MODE")
+        else:
+            self.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            self.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> RawDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def db(where: Any) -> RawDB:
+    """A raw connection to the metadata database (SQLite or PostgreSQL) that ``where`` uses:
+    the services, or a data dir (the database its settings from ``base_env`` name)."""
+    if isinstance(where, Path):
+        return RawDB(load(base_env(where)).resolved_database_url)
+    return RawDB(where.settings.resolved_database_url)
 
 
 def age(path: Path, seconds: float) -> None:

@@ -2,8 +2,9 @@
 nothing more whichever object it stalled on, and a crash between any two steps of a batch leaves
 nothing an upload or a later run could trip over.
 
-Real SQLite and local disk (the app's own services); the steps are interleaved through the
-collector's ``pause`` seam, as in test_gc_races.py.
+Real SQLite (and PostgreSQL, tests/multinode/test_lifecycle_on_postgres.py) and local disk
+(the app's own services); the steps are interleaved through the collector's ``pause`` seam, as
+in test_gc_races.py.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def test_one_object_losing_its_lease_does_not_stop_the_rest_of_its_batch(service
 
     def pause(stage: str, digest: str) -> None:
         if stage == "original" and digest == b:  # another collector took b over meanwhile
-            with db(data_dir) as conn:
+            with db(services) as conn:
                 conn.execute("UPDATE objects SET gc_token = 'thief' WHERE hash = ?", (b,))
 
     result = run_gc(services, grace=0, confirm=True, clock=clock, pause=pause, lease_seconds=LEASE)

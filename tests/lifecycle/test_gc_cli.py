@@ -103,24 +103,39 @@ def _wait_until_open(proc, path: Path, timeout: float = 60.0) -> None:
     raise AssertionError(f"gc (pid {proc.pid}) did not open {path} within {timeout} s")
 
 
+def _wait_until_queued(procs, gate, count: int, timeout: float = 60.0) -> None:
+    """PostgreSQL: block until ``count`` other sessions wait for a lock on objects."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"gc exited early: {proc.communicate()}")
+        waiting = gate.execute(
+            "SELECT count(*) AS n FROM pg_locks WHERE NOT granted AND locktype = 'relation' "
+            "AND relation = 'objects'::regclass"
+        ).fetchone()["n"]
+        if waiting >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} gc processes did not queue on the lock within {timeout} s")
+
+
 # --- 12. two gc processes at once --------------------------------------------------------------
 def test_two_gc_processes_at_once(services, data_dir):
     garbage = {_garbage(services, 100 + i, variant=i % 3 == 0) for i in range(120)}
     live = {ingest(services, content(1000 + i)).object.hash for i in range(10)}
     # Line them up: hold the database's write lock while both start, so both queue behind it
-    # (busy timeout 15 s) and are released together, whatever their start-up times. The gate
-    # opens only once both processes have the database open (their start-up, which can take
-    # seconds on a loaded machine, is over), not after a fixed sleep.
-    gate = db(data_dir)
-    gate.execute("BEGIN IMMEDIATE")
-    try:
+    # (busy/lock timeout 15 s) and are released together, whatever their start-up times. The
+    # gate opens only once both are there (their start-up, which can take seconds on a loaded
+    # machine, is over), not after a fixed sleep.
+    with db(services) as gate, gate.writes_blocked():
         procs = [spawn(data_dir, "gc", "--grace", "0", "--yes", "-v", "--batch", "7") for _ in "ab"]
-        for proc in procs:
-            _wait_until_open(proc, data_dir / "metadata.db")
-        time.sleep(0.5)  # past the candidate query, into the first claim
-    finally:
-        gate.execute("ROLLBACK")
-        gate.close()
+        if gate.postgres:  # both past the candidate query, queued on their first claim
+            _wait_until_queued(procs, gate, len(procs))
+        else:
+            for proc in procs:
+                _wait_until_open(proc, data_dir / "metadata.db")
+            time.sleep(0.5)  # past the candidate query, into the first claim
     outputs = [p.communicate(timeout=120) for p in procs]
     collected: list[set[str]] = []
     for proc, (out, err) in zip(procs, outputs, strict=True):

@@ -2,7 +2,8 @@
 restic and IPFS. Each is forced deterministically through the collector's ``pause`` seam (or a
 wrapper around the upload's metadata commit) instead of hoping sleeps line up.
 
-Real SQLite and local disk throughout (the app's own services from tests/conftest.py).
+Real SQLite and local disk throughout (the app's own services from tests/conftest.py); run again
+on PostgreSQL by tests/multinode/test_lifecycle_on_postgres.py.
 """
 
 from __future__ import annotations
@@ -182,14 +183,14 @@ def test_restore_between_selection_and_claim_means_nothing_is_deleted(services, 
 
 
 def _all_refs(services, digest):
-    with db(services.settings.data_path) as conn:
+    with db(services) as conn:
         return conn.execute("SELECT id FROM refs WHERE hash = ?", (digest,)).fetchall()
 
 
 def test_drifted_ref_count_of_zero_never_lets_gc_delete_referenced_content(services, data_dir):
     data = content(6)
     digest = ingest(services, data).object.hash
-    with db(data_dir) as conn:
+    with db(services) as conn:
         conn.execute("UPDATE objects SET ref_count = 0, deleted_at = 1 WHERE hash = ?", (digest,))
     result = run_gc(services, grace=0, confirm=True)
     assert result.candidates == 1 and result.skipped == 1 and result.collected == 0

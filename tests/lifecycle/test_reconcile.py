@@ -82,7 +82,7 @@ def test_ref_count_drift_is_corrected(services, data_dir, cli, client):
     b = ingest(services, content(4)).object.hash
     c = ingest(services, content(5)).object.hash
     delete_all(services, c)
-    with db(data_dir) as conn:
+    with db(services) as conn:
         conn.execute("UPDATE objects SET ref_count = 7 WHERE hash = ?", (a,))  # truly 2
         conn.execute(
             "UPDATE objects SET ref_count = 0, deleted_at = 1 WHERE hash = ?", (b,)
@@ -161,8 +161,8 @@ def test_acknowledged_damage_lets_gc_run(services, data_dir, cli):
 
 def test_references_to_a_missing_object_are_reported_and_gate_gc(services, data_dir, cli):
     ghost = "e" * 64
-    with db(data_dir) as conn:
-        conn.execute("PRAGMA foreign_keys = OFF")
+    with db(services) as conn:
+        conn.foreign_keys_off()
         conn.execute(
             "INSERT INTO refs (id, hash, owner, private, created_at) VALUES (?, ?, ?, 0, 1)",
             ("img_ghost", ghost, "alice"),
