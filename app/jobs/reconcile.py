@@ -39,7 +39,7 @@ from app.jobs.common import (
 from app.jobs.gc import COLLECTED, LEASE_LOST, Collector
 from app.logs import event
 from app.metadata import DAMAGE_BLOB_MISSING, DAMAGE_MISSING_OBJECT, ObjectRecord
-from app.storage import BlobInfo, keys
+from app.storage import BlobInfo, StorageError, keys
 
 
 @dataclass
@@ -219,7 +219,13 @@ class _Reconciler:
             )
             if not adopted:
                 continue  # a row (an upload) or references appeared meanwhile
+            # Another reconcile (a second node) may have removed it between our listing and our
+            # adoption, leaving no row, which our adoption then recreated: collect that
+            # placeholder, but do not count someone else's removal as ours.
+            still_there = self._still_stored(key)
             outcome = self.collector.collect(digest, token)
+            if outcome == COLLECTED and not still_there:
+                continue
             if outcome == COLLECTED:
                 self.result.orphans_removed += 1
                 self._fix("orphan_removed")
@@ -229,6 +235,12 @@ class _Reconciler:
                 if outcome != LEASE_LOST:
                     self.result.errors += 1
                 self.report(f"orphan not removed ({outcome}): {digest}")
+
+    def _still_stored(self, key: str) -> bool:
+        try:
+            return self.blobs.exists(key)
+        except StorageError:
+            return True  # unknown: the collector's own deletes will tell
 
     # --- 4. tidy and resolve -----------------------------------------------------------------
     def variant_rows(self) -> None:
