@@ -271,3 +271,149 @@ def test_incomplete_body_against_gunicorn(data_dir):
         assert b'"incomplete_body"' in answer
         assert blob_files(data_dir) == [] and staging_files(data_dir) == []
         assert "Traceback" not in server.logs()
+
+
+# --- the staging pipeline: hash thread, reused buffers, the socket body ---------------------
+class Trickle(io.RawIOBase):
+    """A raw body arriving a little at a time, as a socket hands it out; counts what it gave."""
+
+    def __init__(self, data: bytes, step: int = 70_000) -> None:
+        super().__init__()
+        self.data = memoryview(data)
+        self.step = step
+        self.taken = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        n = min(len(buffer), self.step, len(self.data) - self.taken)
+        buffer[:n] = self.data[self.taken : self.taken + n]
+        self.taken += n
+        return n
+
+
+def _hash_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "upload-hash"]
+
+
+def test_staging_hashes_and_writes_every_size_through_both_readers(tmp_path):
+    import os
+
+    from app.staging import CHUNK, DEPTH, StagingFile
+
+    sizes = (1, CHUNK - 1, CHUNK, CHUNK + 1, DEPTH * CHUNK, 2 * DEPTH * CHUNK + 17)
+    for size in sizes:
+        data = os.urandom(size)
+        for stream in (Trickle(data), io.BytesIO(data), Trickle(data, step=CHUNK * 3)):
+            staged = StagingFile(tmp_path, limit=size)
+            staged.copy_from(stream)
+            assert staged.finish() == hashlib.sha256(data).hexdigest(), (size, stream)
+            assert staged.size == size and Path(staged.path).read_bytes() == data
+            staged.discard()
+    assert list(tmp_path.iterdir()) == [] and _hash_threads() == []
+
+
+def test_staging_raw_body_stops_one_byte_past_the_limit(tmp_path):
+    import pytest
+
+    from app.errors import PayloadTooLarge
+    from app.staging import CHUNK, StagingFile
+
+    limit = 3 * CHUNK + 5
+    body = Trickle(b"\xff" * (6 * CHUNK))
+    staged = StagingFile(tmp_path, limit=limit)
+    with pytest.raises(PayloadTooLarge):
+        staged.copy_from(body)
+    assert body.taken == limit + 1
+    staged.discard()
+    assert list(tmp_path.iterdir()) == [] and _hash_threads() == []
+
+
+def test_staging_write_failure_mid_upload_waits_for_the_hash_thread(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import pytest
+
+    import app.staging as staging_mod
+    from app.errors import InsufficientStorage
+    from app.staging import CHUNK, StagingFile
+
+    class Full(io.RawIOBase):
+        def __init__(self, fd: int) -> None:
+            self.fd, self.room = fd, 2 * CHUNK
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def,override]
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= len(data)
+            return os.write(self.fd, data)
+
+    monkeypatch.setattr(staging_mod.os, "fdopen", lambda fd, mode: Full(fd))
+    for body in (Trickle(os.urandom(5 * CHUNK)), io.BytesIO(os.urandom(5 * CHUNK))):
+        staged = StagingFile(tmp_path, limit=10 * CHUNK)
+        with pytest.raises(InsufficientStorage):
+            staged.copy_from(body)
+        staged.discard()
+        assert list(tmp_path.iterdir()) == [] and _hash_threads() == []
+
+
+def _read_response(f) -> tuple[int, dict[str, str], bytes]:  # type: ignore[no-untyped-def]
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, f.read(int(headers.get("content-length", 0)))
+
+
+def test_raw_uploads_over_gunicorn_keep_the_connection_in_step(data_dir):
+    """The body is read from gunicorn's socket (GunicornSocketBody): what gunicorn had already
+    received comes first, nothing past the body is consumed (a pipelined request is answered
+    next), and after a 413 gunicorn still drains exactly the rest of the body."""
+    import json
+    import os
+    import socket
+
+    from tests.conftest import ALICE
+    from tests.live import gunicorn
+
+    limit = 3 * 1024 * 1024
+    big = images.png(64, 48, seed=34) + os.urandom(2 * 1024 * 1024 + 123)
+    small = images.png(40, 30, seed=35)
+    over = b"\x89PNG" + b"\0" * (limit + 1000)  # over the limit, under the request ceiling
+
+    def post(body: bytes) -> bytes:
+        return (
+            f"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    with gunicorn(data_dir, workers=1, IMAGE_ORIGIN_MAX_UPLOAD_BYTES=str(limit)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            f = sock.makefile("rb")
+            # two uploads and a GET in one write: each body ends where the next request starts
+            sock.sendall(post(big) + post(small) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [_read_response(f) for _ in range(3)]
+            assert [a[0] for a in answers] == [201, 201, 200], answers
+            assert json.loads(answers[0][2])["hash"] == hashlib.sha256(big).hexdigest()
+            assert json.loads(answers[1][2])["hash"] == hashlib.sha256(small).hexdigest()
+            sock.sendall(post(big))  # a duplicate on the same connection
+            status, _, doc = _read_response(f)
+            assert status == 201 and json.loads(doc)["deduplicated"] is True
+            sock.sendall(post(over) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, doc = _read_response(f)
+            assert status == 413 and json.loads(doc)["error"]["code"] == "payload_too_large"
+            # gunicorn drained the rest of the refused body, and the next request is in step
+            assert _read_response(f)[0] == 200
+        assert [p.read_bytes() for p in sorted(blob_files(data_dir))] == sorted([big, small])
+        assert staging_files(data_dir) == []
+        assert "Traceback" not in server.logs()

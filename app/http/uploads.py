@@ -10,10 +10,16 @@ werkzeug's ``request.stream`` wraps that stream once more only to enforce
 ``MAX_CONTENT_LENGTH``, which the staging file enforces exactly anyway; the wrapper's extra
 copies were a measurable part of a duplicate upload's time. Servers that do not terminate the
 stream (werkzeug's test client and dev server) keep getting ``request.stream``.
+
+Under gunicorn, a body with a Content-Length is read from the connection's socket itself
+(``GunicornSocketBody``): ``recv_into`` the staging file's buffers instead of gunicorn's
+reader, which copies every byte through several BytesIO buffers and slices (9 to 12 ms of a
+10 MB upload, against 4 to 5 ms for the recv_into alone).
 """
 
 from __future__ import annotations
 
+import io
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -108,12 +114,87 @@ def _from_raw_body() -> Upload:
     return Upload(staged, filename, private)
 
 
-def _body_stream() -> IO[bytes]:
-    """The raw body: the server's terminated input stream, else werkzeug's guarded one."""
+def _body_stream() -> IO[bytes] | io.RawIOBase:
+    """The raw body: gunicorn's socket, else the server's terminated input stream, else
+    werkzeug's guarded one."""
     environ = request.environ
     if environ.get("wsgi.input_terminated") and environ.get("wsgi.input") is not None:
-        return environ["wsgi.input"]  # type: ignore[no-any-return]
+        return GunicornSocketBody.of(environ) or environ["wsgi.input"]
     return request.stream
+
+
+class GunicornSocketBody(io.RawIOBase):
+    """A Content-Length body read with ``recv_into`` from gunicorn's socket.
+
+    gunicorn's ``wsgi.input`` is ``Body(LengthReader(SocketUnreader))``. This reads what that
+    reader would have returned, in the same order, and keeps its state true so gunicorn's own
+    drain and keep-alive handling work unchanged: bytes its unreader already received (the
+    start of the body, read with the headers) come first, and anything past the body in that
+    buffer (a pipelined request) stays there; ``LengthReader.length`` counts down every byte
+    taken, so after a refusal (413) gunicorn drains exactly the unread rest; a socket error
+    marks the body failed, as gunicorn's reader does, so the connection is not reused. It
+    never reads past the body. ``of`` returns None for anything else (another server,
+    another gunicorn whose reader is built differently, a chunked body, a body already read
+    from): those are read through ``wsgi.input``.
+    """
+
+    def __init__(self, body: Any, reader: Any, sock: Any, head: bytes) -> None:
+        super().__init__()
+        self._body = body
+        self._reader = reader
+        self._recv_into = sock.recv_into
+        self._head = memoryview(head)
+
+    @classmethod
+    def of(cls, environ: dict[str, Any]) -> GunicornSocketBody | None:
+        try:
+            from gunicorn.http.body import Body, LengthReader
+            from gunicorn.http.unreader import SocketUnreader
+        except ImportError:
+            return None
+        body = environ.get("wsgi.input")
+        sock = environ.get("gunicorn.socket")
+        reader = getattr(body, "reader", None)
+        unreader = getattr(reader, "unreader", None)
+        if (
+            type(body) is not Body
+            or type(reader) is not LengthReader
+            or type(unreader) is not SocketUnreader
+            or getattr(unreader, "sock", None) is not sock
+            or not hasattr(sock, "recv_into")
+            or not isinstance(getattr(reader, "length", None), int)
+            or not isinstance(getattr(body, "buf", None), io.BytesIO)
+            or body.buf.getvalue()
+            or not isinstance(getattr(unreader, "buf", None), io.BytesIO)
+        ):
+            return None
+        buffered = unreader.buf.getvalue()
+        head, rest = buffered[: reader.length], buffered[reader.length :]
+        unreader.buf = io.BytesIO()
+        unreader.buf.write(rest)
+        reader.length -= len(head)
+        return cls(body, reader, sock, head)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        want = len(buffer)
+        if self._head:
+            n = min(want, len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        want = min(want, self._reader.length)
+        if want <= 0:
+            return 0
+        try:
+            n: int = self._recv_into(buffer, want)
+        except BaseException:
+            self._body.failed = True
+            raise
+        self._reader.length -= n
+        return n
 
 
 def parse_bool(raw: Any) -> bool:
