@@ -107,6 +107,15 @@ _batch = click.option(
     show_default=True,
     help="Rows per metadata batch (memory stays bounded by this).",
 )
+# gc and tier: larger batches write fewer database pages per row and sync less often (see
+# app.jobs.common.BULK_BATCH).
+_bulk_batch = click.option(
+    "--batch",
+    type=click.IntRange(1, 10000),
+    default=2000,
+    show_default=True,
+    help="Rows per metadata batch (memory stays bounded by this).",
+)
 _verbose = click.option("-v", "--verbose", is_flag=True, help="Print every object handled.")
 
 
@@ -114,7 +123,7 @@ _verbose = click.option("-v", "--verbose", is_flag=True, help="Print every objec
 @_grace
 @_yes
 @_dry_run
-@_batch
+@_bulk_batch
 @_verbose
 def gc(grace: int | None, yes: bool, dry_run: bool, batch: int, verbose: bool) -> None:
     """Delete content with no references once its grace period is over.
@@ -246,7 +255,7 @@ def verify(
     help="Override IMAGE_ORIGIN_TIER_AFTER_DAYS (0: everything not read since now).",
 )
 @_dry_run
-@_batch
+@_bulk_batch
 @_verbose
 def tier(after_days: float | None, dry_run: bool, batch: int, verbose: bool) -> None:
     """Move originals (and their stored variants) not read for DAYS to the cold tier.

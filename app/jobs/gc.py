@@ -28,6 +28,17 @@ with at least the lease minus ``renew_every`` in hand, far more than the margin 
 The steps of one object keep their order: variants, then the marking renewal, then the original
 (the marks of the whole page are committed before its first original is deleted), then rows.
 
+Blob deletions of a page go to the store together (``delete_blobs``: on local disk a few
+threads, because each removal waits on the device, see ``app.storage.local``). The lease rule
+is checked by the thread making each deletion, immediately before it starts: a deletion starts
+only while the last renewal is younger than ``renew_every``; one that would start later is not
+made, and the collector renews (dropping the objects whose lease is lost) before it goes on.
+So the guarantee above holds for each deletion exactly as when they went one at a time. With
+a ``pause`` seam (tests) the deletions run one at a time in the collector's thread, so that the
+seam interleaves other actors deterministically; the checks are the same code. One thing
+differs with threads: when a stored variant's deletion fails, other variants of that object
+may still be deleted by the threads already on them (its original is not: the object fails).
+
 Durability. Nothing here needs a deletion to be durable before the next step: a deletion lost to
 a crash only brings a blob back (an orphan, which reconcile removes; or the blob of a row marked
 blob_missing_at, which the next run collects). What must not be lost is the mark once the blob's
@@ -46,12 +57,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from app import metrics
 from app.jobs.common import (
-    DEFAULT_BATCH,
+    BULK_BATCH,
     Clock,
     NoProgress,
     Pause,
@@ -60,12 +72,14 @@ from app.jobs.common import (
     cache_key_suffixes,
     cache_keys_for,
     check_grace,
+    deferred_pruning,
+    delete_blobs,
     log_report,
     no_pause,
     no_report,
     stored_variant_keys,
 )
-from app.logs import event
+from app.logs import event, logger
 from app.metadata import DAMAGE_BLOB_MISSING, MetadataError
 from app.storage import StorageError, keys
 
@@ -107,6 +121,7 @@ class Collector:
         clock: Clock = time.time,
         pause: Pause = no_pause,
         lease_seconds: float | None = None,
+        workers: int | None = None,
     ) -> None:
         self.services = services
         self.meta = services.meta
@@ -114,6 +129,9 @@ class Collector:
         self.cache = services.cache
         self.clock = clock
         self.pause = pause
+        #: Threads for a batch's blob deletions (None: the store's choice); with a seam, one:
+        #: the deletions then run in this thread, in order, so the seam is deterministic.
+        self.workers = 1 if workers is None and pause is not no_pause else workers
         self.lease = float(lease_seconds or services.settings.gc_lease_seconds)
         self.margin = lease_margin(self.lease)
         self.renew_every = renew_interval(self.margin)
@@ -195,6 +213,7 @@ class _Batch:
         self.renewed_at = leased_at
         self.variants: dict[str, list[str]] = {}
         self.cached: dict[str, list[str]] = {}
+        self.paused: set[str] = set()  # variant keys whose "variant" seam has been called
 
     def done(self, digest: str, outcome: str) -> None:
         self.held.pop(digest, None)
@@ -228,10 +247,38 @@ class _Batch:
         if self.renewed_at is None or self.c.clock() - self.renewed_at >= self.c.renew_every:
             self.renew()
 
-    def fresh(self, digest: str) -> bool:
-        """``keep_fresh``, then: may ``digest`` be deleted from?"""
-        self.keep_fresh()
-        return digest in self.held
+    def delete(self, work: list[tuple[str, str]], stage: str) -> None:
+        """Delete the blobs of ``work`` ((digest, key) pairs, in order) of the digests still
+        held, all at once (``delete_blobs``), each only while the last renewal is younger than
+        ``renew_every``; when one would start later, renew and go on with what is still held.
+        A digest whose deletion fails leaves the batch with ERROR. ``stage``: "variant" calls
+        the seam before each check, "window" between the check and the deletion."""
+        c = self.c
+        owner = {key: digest for digest, key in work}
+
+        def before(key: str) -> bool:  # in the deleting thread; renewals are between calls
+            if stage == "variant" and key not in self.paused:
+                self.paused.add(key)
+                c.pause("variant", owner[key])
+            renewed_at = self.renewed_at
+            if renewed_at is None or c.clock() - renewed_at >= c.renew_every:
+                return False  # not started: renew first
+            if stage == "window":
+                # The residual window: from the renewal's commit to the delete reaching storage.
+                c.pause("window", owner[key])
+            return True
+
+        pending = list(owner)
+        while pending:
+            self.keep_fresh()
+            pending = [key for key in pending if owner[key] in self.held]
+            if not pending:
+                return
+            done = delete_blobs(c.blobs, pending, before=before, workers=c.workers)
+            for key, exc in done.items():
+                if exc is not None and owner[key] in self.held:
+                    self.fail(owner[key], exc)
+            pending = [key for key in pending if key not in done]
 
     def run(self) -> None:
         c = self.c
@@ -249,28 +296,11 @@ class _Batch:
             self.cached[digest] = c.cache_keys(digest, self.variants[digest])
         self.keep_fresh()
         c.delete_cached([k for digest in self.held for k in self.cached[digest]])
-        for digest in list(self.held):
-            for key in self.variants[digest]:
-                c.pause("variant", digest)
-                if not self.fresh(digest):
-                    break
-                try:
-                    c.blobs.delete(key)
-                except StorageError as exc:
-                    self.fail(digest, exc)
-                    break
+        self.delete([(d, key) for d in self.held for key in self.variants[d]], "variant")
         for digest in self.held:
             c.pause("original", digest)
         self.renew(mark_blob_missing=True)  # durable before any original goes
-        for digest in list(self.held):
-            if not self.fresh(digest):
-                continue
-            # The residual window: from the renewal's commit to the delete reaching storage.
-            c.pause("window", digest)
-            try:
-                c.blobs.delete(keys.original_key(digest))
-            except StorageError as exc:
-                self.fail(digest, exc)
+        self.delete([(d, keys.original_key(d)) for d in self.held], "window")
         for digest in self.held:
             c.pause("rows", digest)
         finished = c.meta.gc_finish_many(list(self.held), self.token, now=c.clock())
@@ -325,13 +355,14 @@ def run_gc(
     grace: float | None = None,
     confirm: bool = False,
     dry_run: bool = False,
-    batch: int = DEFAULT_BATCH,
+    batch: int = BULK_BATCH,
     clock: Clock = time.time,
     pause: Pause = no_pause,
     progress: Progress | None = None,
     report: Report | None = None,
     detail: Report | None = None,
     lease_seconds: float | None = None,
+    workers: int | None = None,
 ) -> GcResult:
     """Collect unreferenced content older than the grace. Raises GraceTooShort or GcRefused."""
     grace_s = float(services.settings.gc_grace_seconds if grace is None else grace)
@@ -347,13 +378,16 @@ def run_gc(
     progress = progress or NoProgress()
     report = report or log_report("gc")
     detail = detail or no_report
-    collector = Collector(services, clock=clock, pause=pause, lease_seconds=lease_seconds)
+    collector = Collector(
+        services, clock=clock, pause=pause, lease_seconds=lease_seconds, workers=workers
+    )
+    log_each = logger.isEnabledFor(logging.INFO)  # one event per object only when it shows
     started = time.monotonic()
     cutoff = clock() - grace_s
     result = GcResult(grace=grace_s, dry_run=dry_run)
     progress.start(meta.count_gc_candidates(cutoff))
     after: tuple[float, str] | None = None
-    with meta.bulk():
+    with meta.bulk(), deferred_pruning(services.blobs):
         while page := meta.gc_candidates(cutoff, after, batch):
             after = (page[-1].deleted_at, page[-1].hash)
             digests = [candidate.hash for candidate in page]
@@ -369,22 +403,26 @@ def run_gc(
             claimed, leased_at = collector.claim_many(digests, token, grace_s)
             held = [d for d in digests if d in claimed]
             outcomes = collector.collect_many(held, token, leased_at=leased_at)
+            counts: Counter[str] = Counter()
             for digest in digests:
                 outcome = outcomes.get(digest, SKIPPED)
-                _count(result, outcome)
-                metrics.GC_OBJECTS.labels(outcome=outcome).inc()
+                counts[outcome] += 1
                 if outcome == COLLECTED:
-                    event("gc_collected", hash=digest)
+                    if log_each:
+                        event("gc_collected", hash=digest)
                     detail(f"collected {digest}")
                 elif outcome in (RACE_LOST, ERROR):
                     report(f"{outcome.replace('_', ' ')}: {digest}")
+            for outcome, n in counts.items():
+                _count(result, outcome, n)
+                metrics.GC_OBJECTS.labels(outcome=outcome).inc(n)
             progress.advance(len(digests))
     result.seconds = time.monotonic() - started
     event("gc_finished", **result.as_dict())
     return result
 
 
-def _count(result: GcResult, outcome: str) -> None:
+def _count(result: GcResult, outcome: str, n: int = 1) -> None:
     field = {
         COLLECTED: "collected",
         SKIPPED: "skipped",
@@ -392,4 +430,4 @@ def _count(result: GcResult, outcome: str) -> None:
         RACE_LOST: "race_lost",
         ERROR: "errors",
     }[outcome]
-    setattr(result, field, getattr(result, field) + 1)
+    setattr(result, field, getattr(result, field) + n)

@@ -12,13 +12,15 @@ restore. Originals read from the cold tier move back by themselves (see
 Each run also follows restores still marked ``restoring``: once S3 reports the restore done
 (``ongoing-request="false"``), the object is copied back to STANDARD for good.
 
-Work goes a page (``--batch``) at a time: the variant rows of the page in one query, the page's
-moves inside one ``durable_batch`` (local disk: each touched directory fsynced once, at the end,
-rather than twice per move), then the page's tiers recorded in one transaction, each still a
-compare-and-set from hot. The record follows the moves' durability, as it followed each move
-before. Nothing depends on that order for safety: a blob is readable from either tier and a
-tier recorded wrongly after a crash heals itself (a move finds the blob already there; a read
-from the cold directory promotes it back).
+Work goes a page (``--batch``) at a time: the page's moves inside one ``durable_batch`` (local
+disk: each touched directory fsynced once, at the end, rather than twice per move), then the
+page's tiers recorded in one transaction, each still a compare-and-set from hot. The moves of a
+page go to the store together (``move_blobs``): the originals, then the stored variants of
+those that moved (their rows in one query); on local disk a few threads, because pruning the
+emptied fan-out directories waits on the device (see ``app.storage.local``). The record follows
+the moves' durability, as it followed each move before. Nothing depends on that order for
+safety: a blob is readable from either tier and a tier recorded wrongly after a crash heals
+itself (a move finds the blob already there; a read from the cold directory promotes it back).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from typing import Any
 
 from app import metrics
 from app.jobs.common import (
-    DEFAULT_BATCH,
+    BULK_BATCH,
     Clock,
     NoProgress,
     Progress,
     Report,
+    deferred_pruning,
     log_report,
+    move_blobs,
     no_report,
     stored_variant_keys,
 )
@@ -46,7 +50,6 @@ from app.metadata import (
     TIER_HOT,
     TIER_RESTORING,
     ObjectRecord,
-    VariantRecord,
 )
 from app.storage import ArchivedError, NotFound, StorageError, keys
 from app.storage.base import ARCHIVE_CLASSES, durable_batch
@@ -102,11 +105,12 @@ def run_tier(
     *,
     after_days: float | None = None,
     dry_run: bool = False,
-    batch: int = DEFAULT_BATCH,
+    batch: int = BULK_BATCH,
     clock: Clock = time.time,
     progress: Progress | None = None,
     report: Report | None = None,
     detail: Report | None = None,
+    workers: int | None = None,
 ) -> TierResult:
     days = float(services.settings.tier_after_days if after_days is None else after_days)
     if days < 0:
@@ -123,7 +127,7 @@ def run_tier(
     cutoff = clock() - days * DAY
     progress.start(meta.count_tier_candidates(cutoff))
     after: tuple[float, str] | None = None
-    with meta.bulk():
+    with meta.bulk(), deferred_pruning(blobs):
         while page := meta.tier_candidates(cutoff, after, batch):
             after = (page[-1].last_accessed_at or 0.0, page[-1].hash)
             result.candidates += len(page)
@@ -131,7 +135,7 @@ def run_tier(
                 for obj in page:
                     detail(f"would move {obj.hash} to {target}")
             else:
-                _move_page(services, page, target, result, report, detail)
+                _move_page(services, page, target, result, report, detail, workers)
             progress.advance(len(page))
     if not dry_run:
         _follow_restores(services, result, batch, report)
@@ -147,17 +151,13 @@ def _move_page(
     result: TierResult,
     report: Report,
     detail: Report,
+    workers: int | None,
 ) -> None:
     """Move the page's blobs, then record the tiers of those that moved in one transaction."""
-    variants = (
-        services.meta.list_variants_many([o.hash for o in page]) if target == TIER_COLD else {}
-    )
     moved: list[str] = []
     try:
         with durable_batch(services.blobs):
-            for obj in page:
-                if _move(services, obj, target, variants.get(obj.hash), result, report):
-                    moved.append(obj.hash)
+            moved = _move_blobs(services, page, target, result, report, workers)
     except StorageError as exc:  # the moves' directories could not be synced: record nothing
         result.errors += len(moved)
         report(f"tier error: {len(moved)} moved object(s) not recorded ({exc})")
@@ -166,42 +166,61 @@ def _move_page(
     for digest in moved:
         if digest in recorded:
             result.moved += 1
-            metrics.TIER_MOVES.labels(to=target).inc()
             detail(f"moved {digest} to {target}")
         else:
             result.skipped += 1  # someone else moved or promoted it meanwhile
+    if recorded:
+        metrics.TIER_MOVES.labels(to=target).inc(len(recorded))
 
 
-def _move(
+def _move_blobs(
     services: Any,
-    obj: ObjectRecord,
+    page: list[ObjectRecord],
     target: str,
-    variant_rows: list[VariantRecord] | None,
     result: TierResult,
     report: Report,
-) -> bool:
-    """Move one object's original (and, to a readable cold tier, its stored variants); True
-    if its tier should now be recorded."""
+    workers: int | None,
+) -> list[str]:
+    """Move the page's originals (and, to a readable cold tier, the stored variants of those
+    that moved); the hashes whose tier should now be recorded."""
     blobs = services.blobs
-    try:
+    originals = {keys.original_key(obj.hash): obj.hash for obj in page}
+    done = move_blobs(blobs, list(originals), "cold", workers=workers)
+    ok: list[str] = []
+    for key, digest in originals.items():
+        exc = done.get(key)
+        if exc is None or isinstance(exc, ArchivedError):
+            ok.append(digest)  # (ArchivedError: already in the archive class)
+        else:
+            _failed(digest, exc, result, report)
+    if target != TIER_COLD or not ok:
+        return ok
+    rows = services.meta.list_variants_many(ok)
+    owner: dict[str, str] = {}
+    failed: set[str] = set()
+    for digest in ok:
         try:
-            blobs.set_tier(keys.original_key(obj.hash), "cold")
-        except ArchivedError:
-            pass  # already in the archive class
-        if target == TIER_COLD:
-            for key in stored_variant_keys(services, obj.hash, variant_rows):
-                try:
-                    blobs.set_tier(key, "cold")
-                except NotFound:
-                    continue  # removed meanwhile (GC, or a re-render replaced it)
-    except NotFound:
+            for key in stored_variant_keys(services, digest, rows.get(digest)):
+                owner[key] = digest
+        except StorageError as exc:
+            failed.add(digest)
+            _failed(digest, exc, result, report)
+    done = move_blobs(blobs, list(owner), "cold", workers=workers)
+    for key, exc in done.items():
+        digest = owner[key]
+        # NotFound: removed meanwhile (GC, or a re-render replaced it)
+        if exc is not None and not isinstance(exc, NotFound) and digest not in failed:
+            failed.add(digest)
+            _failed(digest, exc, result, report)
+    return [digest for digest in ok if digest not in failed]
+
+
+def _failed(digest: str, exc: StorageError, result: TierResult, report: Report) -> None:
+    if isinstance(exc, NotFound):
         result.skipped += 1  # collected meanwhile, or missing: reconcile reports that
-        return False
-    except StorageError as exc:
+    else:
         result.errors += 1
-        report(f"tier error: {obj.hash} ({exc})")
-        return False
-    return True
+        report(f"tier error: {digest} ({exc})")
 
 
 def _follow_restores(services: Any, result: TierResult, batch: int, report: Report) -> None:
