@@ -8,6 +8,8 @@ import logging
 import sqlite3
 from contextlib import closing
 
+import pytest
+
 from tests import images
 from tests.conftest import ADMIN, auth
 from tests.test_upload_api import blob_files, staging_files
@@ -93,6 +95,21 @@ def test_flipped_byte_is_never_served(client, services, data_dir, caplog):
     # marked: never served again, even if the bytes were put back by someone
     blob.write_bytes(data)
     assert client.get(f"/{doc['hash']}/original").status_code == 500
+
+
+@pytest.mark.parametrize("damage", ["longer", "shorter"])
+def test_a_blob_of_another_length_is_never_served_or_transformed(client, data_dir, damage):
+    """Bytes added to or cut from a stored original: the hash check catches it on every read,
+    and the actual hash reported is that of the whole blob as stored."""
+    data = images.jpeg(64, 64, seed=22 if damage == "longer" else 23)
+    doc = client.post("/v1/images", data=data, headers=auth()).json
+    (blob,) = blob_files(data_dir)
+    damaged = data + b"\0" * 5000 if damage == "longer" else data[:-100]
+    blob.write_bytes(damaged)
+    for path in ("original", "webp/high/160"):
+        r = client.get(f"/{doc['hash']}/{path}")
+        assert r.status_code == 500 and r.json["error"]["code"] == "integrity_failure", path
+        assert damaged not in r.data and data not in r.data
 
 
 FAILING_NAME = "commit-fails.jpg"
