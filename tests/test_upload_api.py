@@ -414,6 +414,6 @@ def test_raw_uploads_over_gunicorn_keep_the_connection_in_step(data_dir):
             assert status == 413 and json.loads(doc)["error"]["code"] == "payload_too_large"
             # gunicorn drained the rest of the refused body, and the next request is in step
             assert _read_response(f)[0] == 200
-        assert [p.read_bytes() for p in sorted(blob_files(data_dir))] == sorted([big, small])
+        assert sorted(p.read_bytes() for p in blob_files(data_dir)) == sorted([big, small])
         assert staging_files(data_dir) == []
         assert "Traceback" not in server.logs()
