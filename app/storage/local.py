@@ -38,16 +38,12 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
-import itertools
 import os
-import queue
 import re
 import secrets
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -55,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from app.storage import keys
+from app.storage import local_fs as fs
 from app.storage.base import BlobInfo, NotFound, StorageError
 
 HOT = "STANDARD"
@@ -95,175 +92,6 @@ def path_prefix(key_prefix: str) -> str | None:
                 return dir_head + (f"{hex_part[:2]}/" if len(hex_part) >= 2 else "")
             return f"{dir_head}{hex_part[:2]}/{hex_part[2:4]}/{rest}"
     return None
-
-
-def _libc_syncfs() -> Callable[[int], int] | None:
-    """syncfs(2) from the C library (Linux), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    syncfs.argtypes = [ctypes.c_int]
-    syncfs.restype = ctypes.c_int
-    return syncfs
-
-
-_SYNCFS = _libc_syncfs()
-#: A batch with more directories than this to make durable uses one syncfs per filesystem:
-#: every fsync of a directory costs a cache flush of the device (~0.1 ms on a VM disk, more on
-#: a busy one), a syncfs one journal commit and one flush whatever it covers. Below it, the
-#: fsyncs are cheap and do not wait for other files' dirty data on the same filesystem.
-SYNCFS_ABOVE = 32
-
-
-def _syncfs(path: str) -> None:
-    """Make everything written to the filesystem holding ``path`` durable (syncfs(2)). A
-    directory removed meanwhile is represented by its nearest surviving ancestor, which is on
-    the same filesystem (a mount point cannot be removed)."""
-    assert _SYNCFS is not None
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            break
-        except (FileNotFoundError, NotADirectoryError):
-            parent = os.path.dirname(path)
-            if parent == path:
-                raise
-            path = parent
-    try:
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir_or_ancestor(path: str) -> None:
-    """fsync ``path``, or, when it has been removed since (an emptied fan-out directory pruned),
-    its nearest surviving ancestor: that is where the removal, and so every change made inside
-    the removed directory, is recorded."""
-    while True:
-        try:
-            _fsync_dir(path)
-            return
-        except (FileNotFoundError, NotADirectoryError):
-            parent = os.path.dirname(path)
-            if parent == path:
-                return
-            path = parent
-
-
-def _each(
-    keys_: Sequence[str],
-    op: Callable[[str], None],
-    before: Callable[[str], bool] | None,
-    workers: int,
-) -> dict[str, StorageError | None]:
-    """``op(key)`` for each key, on up to ``workers`` threads taking the keys in order; see
-    ``LocalBlobStore.delete_many`` for ``before`` and the answer. Anything but a StorageError
-    (raised by ``before`` or ``op``) stops the rest and is raised here once all threads end."""
-    done: dict[str, StorageError | None] = {}
-    if workers <= 1 or len(keys_) <= 1:
-        for key in keys_:
-            if before is not None and not before(key):
-                break
-            try:
-                op(key)
-                done[key] = None
-            except StorageError as exc:
-                done[key] = exc
-        return done
-    positions = itertools.count()  # next() on it is atomic under the GIL
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def work() -> None:
-        while not stop.is_set():
-            i = next(positions)
-            if i >= len(keys_):
-                return
-            key = keys_[i]
-            try:
-                if before is not None and not before(key):
-                    stop.set()
-                    return
-                op(key)
-                done[key] = None
-            except StorageError as exc:
-                done[key] = exc
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-                failures.append(exc)
-                stop.set()
-                return
-
-    threads = [
-        threading.Thread(target=work, name="blob-batch", daemon=True)
-        for _ in range(min(workers, len(keys_)))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
-    return done
-
-
-def _prune(directory: str, base: str) -> None:
-    """Remove ``directory`` and its ancestors while they are empty, never ``base`` itself."""
-    inside = base.rstrip(os.sep) + os.sep
-    while directory != base and directory.startswith(inside):
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
-        directory = os.path.dirname(directory)
-
-
-class _Pruner:
-    """Background threads running ``_prune`` for the directories handed to ``add``.
-
-    Each thread has its own queue, chosen by the directory's parent: removing a directory
-    holds its parent's lock for the whole removal (the discard included), so two threads on
-    siblings would only wait for each other, and a job's directories come in hash order,
-    siblings together."""
-
-    def __init__(self, workers: int) -> None:
-        self._queues: list[queue.SimpleQueue[tuple[str, str] | None]] = [
-            queue.SimpleQueue() for _ in range(max(1, workers))
-        ]
-        self._threads = [
-            threading.Thread(target=self._run, args=(q,), name="blob-prune", daemon=True)
-            for q in self._queues
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def add(self, directory: str, base: str) -> None:
-        shard = hash(os.path.dirname(directory)) % len(self._queues)
-        self._queues[shard].put((directory, base))
-
-    @staticmethod
-    def _run(items: queue.SimpleQueue[tuple[str, str] | None]) -> None:
-        while (item := items.get()) is not None:
-            _prune(*item)
-
-    def close(self) -> None:
-        """Return once every directory added so far has been pruned."""
-        for items in self._queues:
-            items.put(None)
-        for thread in self._threads:
-            thread.join()
 
 
 def _os_error(action: str, key: str, exc: OSError) -> StorageError:
@@ -341,13 +169,13 @@ class LocalBlobStore:
                     if parent == directory:
                         break
                     directory = parent
-        if _SYNCFS is not None and len(survivors) > SYNCFS_ABOVE:
+        if fs.SYNCFS is not None and len(survivors) > fs.SYNCFS_ABOVE:
             # syncfs covers every directory of its filesystem: one per filesystem.
             for directory in {dev: d for d, dev in survivors.items()}.values():
-                _syncfs(directory)
+                fs.syncfs(directory)
             return
         for directory in survivors:
-            _fsync_dir_or_ancestor(directory)
+            fs.fsync_dir_or_ancestor(directory)
 
     @contextlib.contextmanager
     def deferred_pruning(self, workers: int = PRUNE_WORKERS) -> Iterator[None]:
@@ -358,14 +186,14 @@ class LocalBlobStore:
         if getattr(self._batch, "pruner", None) is not None:
             yield
             return
-        self._batch.pruner = pruner = _Pruner(workers)
+        self._batch.pruner = pruner = fs.Pruner(workers)
         try:
             yield
         finally:
             self._batch.pruner = None
             pruner.close()
 
-    def _current_pruner(self) -> _Pruner | None:
+    def _current_pruner(self) -> fs.Pruner | None:
         return getattr(self._batch, "pruner", None)
 
     def _current_batch(self) -> dict[str, None] | None:
@@ -376,7 +204,7 @@ class LocalBlobStore:
     def _sync_dir(directory: str, dirs: dict[str, None] | None) -> None:
         """fsync now, or (``dirs``: a batch's) at the end of that ``durable_batch``."""
         if dirs is None:
-            _fsync_dir(directory)
+            fs.fsync_dir(directory)
         else:
             dirs[directory] = None
 
@@ -474,7 +302,7 @@ class LocalBlobStore:
             if target.exists():
                 return False
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fs.fsync_dir(target.parent)
         return True
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
@@ -488,7 +316,7 @@ class LocalBlobStore:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise
-            _fsync_dir(target.parent)
+            fs.fsync_dir(target.parent)
             cold = self._cold(key)
             if cold is not None:
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -524,7 +352,7 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         self._delete(key, self._current_pruner())
 
-    def _delete(self, key: str, pruner: _Pruner | None) -> None:
+    def _delete(self, key: str, pruner: fs.Pruner | None) -> None:
         rel = keys.relative_path(key)  # validates the key
         for base in (self._root_s, self._cold_s):
             if base is None:
@@ -537,7 +365,7 @@ class LocalBlobStore:
             except OSError as exc:
                 raise _os_error("delete", key, exc) from exc
             if pruner is None:
-                _prune(os.path.dirname(path), base)
+                fs.prune(os.path.dirname(path), base)
             else:
                 pruner.add(os.path.dirname(path), base)
 
@@ -561,7 +389,7 @@ class LocalBlobStore:
         def delete(key: str) -> None:
             self._delete(key, pruner)
 
-        return _each(list(dict.fromkeys(keys_)), delete, before, workers)
+        return fs.each(list(dict.fromkeys(keys_)), delete, before, workers)
 
     def iter_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
         """Walk hot then cold; a blob present in both (mid-move) is reported once, as hot."""
@@ -636,10 +464,10 @@ class LocalBlobStore:
             def move(key: str) -> None:
                 self._set_tier(key, tier, dirs, pruner)
 
-            return _each(list(dict.fromkeys(keys_)), move, None, workers)
+            return fs.each(list(dict.fromkeys(keys_)), move, None, workers)
 
     def _set_tier(
-        self, key: str, tier: str, dirs: dict[str, None] | None, pruner: _Pruner | None
+        self, key: str, tier: str, dirs: dict[str, None] | None, pruner: fs.Pruner | None
     ) -> None:
         if tier not in TIERS:
             raise ValueError(f"tier must be 'hot' or 'cold', not {tier!r}")
@@ -663,7 +491,7 @@ class LocalBlobStore:
         except OSError as exc:
             raise _os_error("move", key, exc) from exc
         if pruner is None:
-            _prune(os.path.dirname(src), src_base)
+            fs.prune(os.path.dirname(src), src_base)
         else:
             pruner.add(os.path.dirname(src), src_base)
 
@@ -695,7 +523,7 @@ class LocalBlobStore:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 raise
-            _fsync_dir(dst_dir)  # never deferred: the copy must be durable before src goes
+            fs.fsync_dir(dst_dir)  # never deferred: the copy must be durable before src goes
             Path(src).unlink()
         else:
             self._sync_dir(dst_dir, dirs)

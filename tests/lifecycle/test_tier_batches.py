@@ -8,7 +8,7 @@ import errno
 
 import pytest
 
-import app.storage.local as local
+import app.storage.local_fs as local_fs
 from app.jobs.tier import run_tier
 from app.metadata import TIER_COLD, TIER_HOT
 from tests.lifecycle.conftest import blob_path, content, ingest, make_variant, variant_files
@@ -36,7 +36,7 @@ def test_pages_move_and_record_each_object_and_skip_the_missing(services, data_d
 def test_a_page_is_recorded_only_after_its_moves_are_durable(services, monkeypatch, many):
     uploaded(services, [10, 11, 12, 13, 14])
     events: list[str] = []
-    real_fsync, real_record = local._fsync_dir, services.meta.set_object_tier_many
+    real_fsync, real_record = local_fs.fsync_dir, services.meta.set_object_tier_many
 
     def fsync_dir(path):  # type: ignore[no-untyped-def]
         real_fsync(path)
@@ -50,9 +50,9 @@ def test_a_page_is_recorded_only_after_its_moves_are_durable(services, monkeypat
         events.append(f"record {len(hashes)}")
         return real_record(hashes, tier, expected=expected)
 
-    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
-    monkeypatch.setattr(local, "_SYNCFS", syncfs)
-    monkeypatch.setattr(local, "SYNCFS_ABOVE", 0 if many else 10_000)
+    monkeypatch.setattr(local_fs, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(local_fs, "SYNCFS", syncfs)
+    monkeypatch.setattr(local_fs, "SYNCFS_ABOVE", 0 if many else 10_000)
     monkeypatch.setattr(services.meta, "set_object_tier_many", record)
     result = run_tier(services, after_days=0, batch=2)
     assert result.moved == 5
@@ -72,8 +72,8 @@ def test_a_page_whose_moves_cannot_be_synced_is_not_recorded(services, data_dir,
     def broken(path):  # type: ignore[no-untyped-def]
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(local, "_fsync_dir", broken)
-    monkeypatch.setattr(local, "_SYNCFS", None)
+    monkeypatch.setattr(local_fs, "fsync_dir", broken)
+    monkeypatch.setattr(local_fs, "SYNCFS", None)
     failed = run_tier(services, after_days=0)
     assert (failed.moved, failed.errors) == (0, 2) and not failed.ok
     assert {services.meta.get_object(d).tier for d in digests} == {TIER_HOT}

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import app.storage.local as local
+import app.storage.local_fs as local_fs
 from app.storage import LocalBlobStore, NotFound, StorageError, keys
 from app.storage.base import durable_batch
 
@@ -34,7 +35,7 @@ def originals(store: LocalBlobStore, n: int) -> list[str]:
 def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
     """What was made durable, in order: ("fsync", directory) or ("syncfs", path)."""
     seen: list[tuple[str, Path]] = []
-    real = local._fsync_dir
+    real = local_fs.fsync_dir
 
     def fsync_dir(path: Path) -> None:
         real(path)
@@ -44,8 +45,8 @@ def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
         seen.append(("syncfs", Path(os.readlink(f"/proc/self/fd/{fd}"))))
         return 0
 
-    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
-    monkeypatch.setattr(local, "_SYNCFS", syncfs)
+    monkeypatch.setattr(local_fs, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(local_fs, "SYNCFS", syncfs)
     return seen
 
 
@@ -73,7 +74,7 @@ def test_moves_in_a_batch_are_synced_once_per_directory_at_its_end(
 def test_many_directories_take_one_syncfs_per_filesystem(
     local_store: LocalBlobStore, synced: list[tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "SYNCFS_ABOVE", 2)
+    monkeypatch.setattr(local_fs, "SYNCFS_ABOVE", 2)
     moved = originals(local_store, 4)
     synced.clear()
     with local_store.durable_batch():
@@ -99,7 +100,7 @@ def test_a_failed_sync_at_the_end_of_a_batch_is_a_storage_error(
     def broken(path: Path) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(local, "_fsync_dir", broken)
+    monkeypatch.setattr(local_fs, "fsync_dir", broken)
     with pytest.raises(StorageError), local_store.durable_batch():
         local_store.set_tier(key, "cold")
 
@@ -133,7 +134,7 @@ def test_a_move_across_filesystems_syncs_the_copy_before_the_source_goes(
 ) -> None:
     (key,) = originals(local_store, 1)
     events: list[str] = []
-    real_fsync = local._fsync_dir
+    real_fsync = local_fs.fsync_dir
     real_unlink = Path.unlink
 
     def rename(src: Any, dst: Any) -> None:
@@ -148,7 +149,7 @@ def test_a_move_across_filesystems_syncs_the_copy_before_the_source_goes(
         events.append(f"unlink {self.name}")
 
     monkeypatch.setattr(local.os, "rename", rename)
-    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(local_fs, "fsync_dir", fsync_dir)
     monkeypatch.setattr(Path, "unlink", unlink)
     digest = keys.hex_of(key)
     with local_store.durable_batch():
@@ -254,7 +255,7 @@ def test_set_tier_many_without_a_batch_is_durable_when_it_returns(local_store, s
 def test_deferred_pruning_prunes_in_the_background_and_by_the_end(local_store, monkeypatch):  # type: ignore[no-untyped-def]
     made = originals(local_store, 8)
     release = threading.Event()
-    real = local._prune
+    real = local_fs.prune
     pruned: list[str] = []
 
     def slow_prune(directory: str, base: str) -> None:
@@ -262,7 +263,7 @@ def test_deferred_pruning_prunes_in_the_background_and_by_the_end(local_store, m
         real(directory, base)
         pruned.append(threading.current_thread().name)
 
-    monkeypatch.setattr(local, "_prune", slow_prune)
+    monkeypatch.setattr(local_fs, "prune", slow_prune)
     with local_store.deferred_pruning():
         local_store.delete_many(made[:4], workers=2)
         local_store.delete(made[4])
