@@ -184,6 +184,7 @@
       setStatus(`Delete failed: ${errorText(status, data)}`, true);
       return;
     }
+    card.dataset.changedAt = String(performance.now());
     card.classList.add("deleted");
     $(".delete", card).hidden = true;
     $(".restore", card).hidden = false;
@@ -198,6 +199,7 @@
       setStatus(`Restore failed: ${errorText(status, data)}`, true);
       return;
     }
+    card.dataset.changedAt = String(performance.now());
     fillCard(card, data);
     $(".state", card).textContent = "restored";
     setStatus(`Restored ${card.dataset.id}.`);
@@ -208,6 +210,7 @@
     let path = `/v1/images?limit=${PAGE_SIZE}`;
     if (!reset && nextCursor) path += `&cursor=${encodeURIComponent(nextCursor)}`;
     const seq = ++loadSeq;
+    const asked = performance.now();
     const { status, data } = await api("GET", path);
     if (seq !== loadSeq) return;
     if (status !== 200) {
@@ -215,11 +218,37 @@
       return;
     }
     const list = $("#library");
-    if (reset) list.replaceChildren();
-    for (const doc of data.items) list.append(renderCard(doc));
+    if (reset) refreshList(list, data.items, asked);
+    else for (const doc of data.items) list.append(renderCard(doc));
     nextCursor = data.next_cursor;
     $("#more").hidden = !nextCursor;
     if (reset) setStatus(`${data.items.length}${nextCursor ? "+" : ""} image(s).`);
+  }
+
+  // A reload updates the cards already shown instead of replacing them: a card keeps its
+  // element (and its loaded preview), and one deleted here stays, with its Restore button,
+  // although the listing (live references only) no longer has it. Otherwise a reload landing
+  // just after a delete would take the only way back away from the user. A card deleted or
+  // restored after the listing was asked for keeps what the action showed: the listing may
+  // predate it.
+  function refreshList(list, items, asked) {
+    const shown = new Map(Array.from(list.children, (card) => [card.dataset.id, card]));
+    const listed = new Set(items.map((doc) => doc.id));
+    const cards = items.map((doc) => {
+      const card = shown.get(doc.id);
+      if (!card) return renderCard(doc);
+      if (!(Number(card.dataset.changedAt || 0) > asked)) fillCard(card, doc);
+      return card;
+    });
+    Array.from(list.children).forEach((card, index) => {
+      const recent = Number(card.dataset.changedAt || 0) > asked;
+      if ((card.classList.contains("deleted") || recent) && !listed.has(card.dataset.id)) {
+        cards.splice(Math.min(index, cards.length), 0, card);
+      }
+    });
+    const unchanged =
+      cards.length === list.children.length && cards.every((card, i) => list.children[i] === card);
+    if (!unchanged) list.replaceChildren(...cards);
   }
 
   function scheduleReload() {

@@ -138,14 +138,21 @@ def test_two_gc_processes_at_once(services, data_dir):
             time.sleep(0.5)  # past the candidate query, into the first claim
     outputs = [p.communicate(timeout=120) for p in procs]
     collected: list[set[str]] = []
+    seen = 0
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out + err
         assert "Traceback" not in err, err
         collected.append(set(re.findall(r"^gc: collected ([0-9a-f]{64})$", out, re.M)))
-        counted = int(SUMMARY.search(out).group(1))
-        assert counted == len(collected[-1])
+        summary = SUMMARY.search(out)
+        assert int(summary.group(1)) == len(collected[-1])
+        seen += int(summary.group(2))
     a, b = collected
-    assert a and b  # they really ran side by side (the batches of 7 interleave)
+    # They really raced: both picked their first page before either claimed anything, so some
+    # object was a candidate for both (and one of them found it claimed and skipped it). How
+    # the rest splits is up to SQLite's busy handler, which is not fair: one process can take
+    # every batch while the other sleeps between lock probes, so "both collected some" is not
+    # something to assert.
+    assert seen > len(garbage)
     assert not a & b  # nothing deleted twice
     assert a | b == garbage  # everything collected by one of them
     for digest in garbage:

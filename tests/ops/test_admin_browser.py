@@ -153,6 +153,14 @@ def test_upload_list_preview_delete_restore(page, live: LiveServer) -> None:  # 
     api = f"{live.url}/v1/images/{first_id}"
     assert requests.get(api, headers=auth(), timeout=10).status_code == 404
     assert listed.locator("button.restore").is_visible()
+    # a reload of the list (as a later upload triggers) keeps the deleted card, the same
+    # element, with its Restore button, though the listing has live references only
+    listed.evaluate("card => { card.dataset.marker = 'kept'; }")
+    page.click("#key-save")
+    expect(page.locator("#status")).to_contain_text("1 image(s)")
+    expect(page.locator(f"#library .card[data-hash='{digest}']")).to_have_count(2)
+    assert listed.get_attribute("data-marker") == "kept"
+    assert listed.locator("button.restore").is_visible()
     listed.locator("button.restore").click()
     expect(listed.locator(".state")).to_have_text("restored")
     expect(listed).not_to_have_class(re.compile(r"\bdeleted\b"))
