@@ -160,15 +160,11 @@ class LocalBlobStore:
         # siblings share: resolve first, so each survivor is synced once.
         survivors: dict[str, int] = {}  # -> the device it is on
         for directory in dirs:
-            while directory not in survivors:
-                try:
-                    survivors[directory] = os.stat(directory).st_dev
-                    break
-                except (FileNotFoundError, NotADirectoryError):
-                    parent = os.path.dirname(directory)
-                    if parent == directory:
-                        break
-                    directory = parent
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                found, device = fs.at_nearest_survivor(
+                    directory, lambda at: (at, os.stat(at).st_dev)
+                )
+                survivors[found] = device
         if fs.SYNCFS is not None and len(survivors) > fs.SYNCFS_ABOVE:
             # syncfs covers every directory of its filesystem: one per filesystem.
             for directory in {dev: d for d, dev in survivors.items()}.values():

@@ -9,6 +9,7 @@ tests patch ``fsync_dir``, ``SYNCFS``, ``SYNCFS_ABOVE`` and ``prune`` here to ob
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import os
@@ -17,8 +18,11 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from app.storage.base import StorageError
+
+T = TypeVar("T")
 
 
 def _libc_syncfs() -> Callable[[int], int] | None:
@@ -47,15 +51,7 @@ def syncfs(path: str) -> None:
     directory removed meanwhile is represented by its nearest surviving ancestor, which is on
     the same filesystem (a mount point cannot be removed)."""
     assert SYNCFS is not None
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            break
-        except (FileNotFoundError, NotADirectoryError):
-            parent = os.path.dirname(path)
-            if parent == path:
-                raise
-            path = parent
+    fd = at_nearest_survivor(path, lambda at: os.open(at, os.O_RDONLY))
     try:
         if SYNCFS(fd) != 0:
             err = ctypes.get_errno()
@@ -76,14 +72,21 @@ def fsync_dir_or_ancestor(path: str) -> None:
     """fsync ``path``, or, when it has been removed since (an emptied fan-out directory pruned),
     its nearest surviving ancestor: that is where the removal, and so every change made inside
     the removed directory, is recorded."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        at_nearest_survivor(path, fsync_dir)
+
+
+def at_nearest_survivor(path: str, act: Callable[[str], T]) -> T:
+    """``act(path)``, or ``act`` on the nearest ancestor of ``path`` that still exists: emptied
+    fan-out directories are pruned while others work on them, and what happened inside one is
+    recorded in the directory that held it. Raises when not even the root is there."""
     while True:
         try:
-            fsync_dir(path)
-            return
+            return act(path)
         except (FileNotFoundError, NotADirectoryError):
             parent = os.path.dirname(path)
             if parent == path:
-                return
+                raise
             path = parent
 
 
