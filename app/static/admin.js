@@ -237,18 +237,22 @@
     const cards = items.map((doc) => {
       const card = shown.get(doc.id);
       if (!card) return renderCard(doc);
-      if (!(Number(card.dataset.changedAt || 0) > asked)) fillCard(card, doc);
+      if (!changedSince(card, asked)) fillCard(card, doc);
       return card;
     });
     Array.from(list.children).forEach((card, index) => {
-      const recent = Number(card.dataset.changedAt || 0) > asked;
-      if ((card.classList.contains("deleted") || recent) && !listed.has(card.dataset.id)) {
+      const kept = card.classList.contains("deleted") || changedSince(card, asked);
+      if (kept && !listed.has(card.dataset.id)) {
         cards.splice(Math.min(index, cards.length), 0, card);
       }
     });
     const unchanged =
       cards.length === list.children.length && cards.every((card, i) => list.children[i] === card);
     if (!unchanged) list.replaceChildren(...cards);
+  }
+
+  function changedSince(card, time) {
+    return Number(card.dataset.changedAt || 0) > time;
   }
 
   function scheduleReload() {
