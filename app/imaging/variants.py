@@ -14,8 +14,9 @@ from app.settings import FORMATS, Settings, VariantSpec
 # Part of every stored variant's key: bump it whenever encoder output changes (new presets
 # semantics, resampling, colour handling, codec upgrades), so old variants are not served.
 # 2: large resizes made in two bands (app/imaging/pipeline.py); 3: JPEG progressive is a preset
-# option (baseline unless a preset asks), encoder defaults when a preset omits the effort.
-PIPELINE_VERSION = 3
+# option (baseline unless a preset asks), encoder defaults when a preset omits the effort;
+# 4: JPEG sources decoded at 3/8 where that covers the target (app/imaging/jpeg_scale.py).
+PIPELINE_VERSION = 4
 
 CONTENT_TYPES: dict[str, str] = {"jpeg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 EXTENSIONS: dict[str, str] = {"jpeg": "jpg", "webp": "webp", "avif": "avif"}
