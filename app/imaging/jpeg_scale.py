@@ -62,8 +62,8 @@ def supported() -> bool:
     one that falls back to 1/2 leaves a row unread, which libjpeg reports as an error.
     """
     version = features.version("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else None
-    if not version or int(version.split(".")[0]) < 2:
-        return False
+    if not version or int(version.split(".")[0]) < 2 or not hasattr(ImageFile, "_Tile"):
+        return False  # an old or other libjpeg, or a Pillow whose tiles are built differently
     buf = io.BytesIO()
     Image.new("RGB", (4, 8), (200, 40, 90)).save(buf, "JPEG", quality=90)
     try:

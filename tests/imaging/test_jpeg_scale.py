@@ -109,6 +109,11 @@ def test_an_old_or_other_libjpeg_is_never_asked(monkeypatch) -> None:
     assert jpeg_scale.supported.__wrapped__() is False
 
 
+def test_a_pillow_without_named_tiles_is_never_asked(monkeypatch) -> None:
+    monkeypatch.delattr(jpeg_scale.ImageFile, "_Tile")
+    assert jpeg_scale.supported.__wrapped__() is False
+
+
 def test_output_size_is_libjpegs_rounding() -> None:
     assert jpeg_scale.output_size((4000, 3000)) == (1500, 1125)
     assert jpeg_scale.output_size((1601, 1199)) == (601, 450)
