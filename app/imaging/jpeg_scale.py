@@ -46,10 +46,16 @@ def narrow_draft(im: Image.Image, original: tuple[int, int], target: tuple[int, 
     tile = im.tile[0]
     if tile[0] != "jpeg" or tile[1] != (0, 0, *half):
         return False
-    im.tile = [ImageFile._Tile(tile[0], (0, 0, *scaled), tile[2], tile[3])]
-    im._size = scaled
-    im.decoderconfig = (DENOMINATOR, 0)
+    _ask_for(im, scaled)
     return True
+
+
+def _ask_for(im: Image.Image, size: tuple[int, int]) -> None:
+    """Make ``im``'s one tile decode at 3/8 into ``size``, which must be libjpeg's output size."""
+    tile = im.tile[0]
+    im.tile = [ImageFile._Tile(tile[0], (0, 0, *size), tile[2], tile[3])]
+    im._size = size
+    im.decoderconfig = (DENOMINATOR, 0)
 
 
 @functools.cache
@@ -70,9 +76,7 @@ def supported() -> bool:
         with Image.open(buf) as im:
             if im.tile[0][1] != (0, 0, 4, 8):
                 return False
-            im.tile = [ImageFile._Tile(im.tile[0][0], (0, 0, 2, 3), im.tile[0][2], im.tile[0][3])]
-            im._size = (2, 3)
-            im.decoderconfig = (DENOMINATOR, 0)
+            _ask_for(im, (2, 3))
             im.load()
             red, green, blue = im.getpixel((1, 1))  # type: ignore[misc]
     except Exception:  # Pillow reports libjpeg's error as OSError; anything else: not supported
