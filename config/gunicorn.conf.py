@@ -32,6 +32,7 @@ are marked in ``child_exit``.
 
 import datetime
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -103,9 +104,43 @@ class JsonAccessLogger(Logger):
                 "referer": environ.get("HTTP_REFERER"),
                 "pid": os.getpid(),
             }
-            self.access_log.info(json.dumps(record, separators=(",", ":")))
+            self._emit(json.dumps(record, separators=(",", ":")))
         except Exception:  # noqa: BLE001 - a log line must never fail a request
             self.exception("access log failed")
+
+    def _emit(self, line: str) -> None:
+        """One write(2) per line, straight to the file or stream gunicorn opened for the access
+        log: a LogRecord, its formatting and a flush per request were about a tenth of a cache
+        hit's CPU (`make bench` figure 2: 3,100 -> 3,400 req/s). Each line is still written as
+        its request finishes, never buffered. The handler's lock keeps a log reopen
+        (SIGUSR1) from swapping the file mid-write; other handlers (syslog) go through logging.
+        """
+        data = None
+        for handler in self.access_log.handlers:
+            if type(handler) not in _PLAIN_HANDLERS:
+                handler.handle(
+                    self.access_log.makeRecord(
+                        "gunicorn.access", logging.INFO, "", 0, line, None, None
+                    )
+                )
+                continue
+            data = data or (line + "\n").encode()
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    _write_all(handler.stream.fileno(), data)
+            finally:
+                handler.release()
+
+
+_PLAIN_HANDLERS = (logging.StreamHandler, logging.FileHandler)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """A pipe (docker's stdout) may take a long line in parts."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 logger_class = JsonAccessLogger
