@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app: settings, backends, blueprints."""
     from app.container import build_services
     from app.http import admin, api, errors, health, observability, openapi, serve
+    from app.http.cached_hits import CachedHits
     from app.http.uploads import OriginRequest, discard_staging
 
     settings = settings or load()
@@ -62,6 +63,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
+    # Cache hits of public variants skip Flask (app/http/cached_hits.py); inside ProxyFix, so
+    # they see the same client address.
+    app.wsgi_app = CachedHits(app.wsgi_app, services)  # type: ignore[method-assign]
     if settings.trusted_proxies:
         # Believe X-Forwarded-For/-Proto/-Host only as far as the configured number of proxies
         # (nginx, then maybe a CDN or load balancer) that each append to them.

@@ -37,8 +37,18 @@ def _new_id() -> str:
 
 
 def _incoming_id() -> str:
-    raw = request.headers.get(REQUEST_ID_HEADER, "")
-    return raw if _SANE_ID.fullmatch(raw) else _new_id()
+    return id_for(request.headers.get(REQUEST_ID_HEADER, ""))
+
+
+def id_for(incoming: str) -> str:
+    """The id a request is known by: the proxy's when it is sane, else a fresh one."""
+    return incoming if _SANE_ID.fullmatch(incoming) else _new_id()
+
+
+def count_request(route: str, method: str, status: int, started: float) -> None:
+    """The request metrics of one answer (also for answers made before Flask: cached_hits)."""
+    metrics.REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+    metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
 
 
 def route_label() -> str:
@@ -59,10 +69,13 @@ def init_app(app: Flask) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id()
         route = route_label()
         method = request.method if request.method in _METHODS else "OTHER"
-        metrics.REQUESTS.labels(route=route, method=method, status=str(response.status_code)).inc()
         started = g.get("request_started")
-        if started is not None:
-            metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+        if started is None:
+            metrics.REQUESTS.labels(
+                route=route, method=method, status=str(response.status_code)
+            ).inc()
+        else:
+            count_request(route, method, response.status_code, started)
         return response
 
 

@@ -29,6 +29,10 @@ ONE_YEAR = 31536000
 # image Content-Type and nosniff, the document could run nothing and load nothing (the same
 # policy GitHub serves user content with). Images shown in <img> are not affected by it.
 IMAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+VARIANT_RULE = "/<sha256:digest>/<fmt>/<quality>"
+VARIANT_WIDTH_RULE = VARIANT_RULE + "/<width>"
+# Where a variant answer names its cache key for app.http.cached_hits (the WSGI environ).
+VARIANT_KEY_ENVIRON = "image_origin.variant_key"
 
 
 class Sha256Converter(BaseConverter):
@@ -130,10 +134,10 @@ def original(digest: str, token: str | None = None) -> Response:
     return response
 
 
-@bp.route("/<sha256:digest>/<fmt>/<quality>", methods=["GET", "HEAD"])
-@bp.route("/<sha256:digest>/<fmt>/<quality>/<width>", methods=["GET", "HEAD"])
-@bp.route("/s/<token>/<sha256:digest>/<fmt>/<quality>", methods=["GET", "HEAD"])
-@bp.route("/s/<token>/<sha256:digest>/<fmt>/<quality>/<width>", methods=["GET", "HEAD"])
+@bp.route(VARIANT_RULE, methods=["GET", "HEAD"])
+@bp.route(VARIANT_WIDTH_RULE, methods=["GET", "HEAD"])
+@bp.route("/s/<token>" + VARIANT_RULE, methods=["GET", "HEAD"])
+@bp.route("/s/<token>" + VARIANT_WIDTH_RULE, methods=["GET", "HEAD"])
 def variant(
     digest: str, fmt: str, quality: str, width: str | None = None, token: str | None = None
 ) -> Response:
@@ -152,6 +156,7 @@ def variant(
     if not_modified is not None:
         return not_modified
     result = svc.get_variant(obj, spec)
+    request.environ[VARIANT_KEY_ENVIRON] = (obj.hash, key)
     headers["Content-Length"] = str(len(result.data))
     response = Response(result.data, status=200, headers=headers)
     response.content_type = result.content_type
