@@ -23,6 +23,9 @@ INTEGRITY_FAILURES = Counter(
 CACHE_LOOKUPS = Counter(
     "image_origin_variant_lookups_total", "Variant lookups by the tier that answered", ["tier"]
 )
+FAST_HITS = Counter(
+    "image_origin_fast_hits_total", "Cache hits answered before Flask (app/http/cached_hits.py)"
+)
 CACHE_ERRORS = Counter("image_origin_cache_errors_total", "Cache backend failures", ["op"])
 TRANSFORMS = Counter("image_origin_transforms_total", "Variants computed", ["format"])
 TRANSFORM_SECONDS = Histogram(

@@ -66,6 +66,7 @@ class CachedHits:
             return None
         service.record_access(obj)
         metrics.CACHE_LOOKUPS.labels(tier="cache").inc()
+        metrics.FAST_HITS.inc()
         request_id = id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         start_response(
             "200 OK",
