@@ -30,6 +30,8 @@ MEMO_PATHS = 4096  # a few MB of header lists at most; the oldest path is forgot
 _PER_REQUEST = frozenset({"x-request-id", "content-length"})
 
 WsgiApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+# content hash, cache key, replayed headers, route label
+_Memo = tuple[str, str, tuple[tuple[str, str], ...], str]
 
 
 class CachedHits:
@@ -38,8 +40,7 @@ class CachedHits:
     def __init__(self, app: WsgiApp, services: Any) -> None:
         self.app = app
         self.services = services
-        # path -> (content hash, cache key, replayed headers, route label)
-        self._memo: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {}
+        self._memo: dict[str, _Memo] = {}  # by exact path
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -53,7 +54,10 @@ class CachedHits:
                 return answer
         return self._through_flask(path, environ, start_response)
 
-    def _answer(self, memo, environ, start_response):  # type: ignore[no-untyped-def]
+    def _answer(
+        self, memo: _Memo, environ: dict, start_response: Callable[..., Any]
+    ) -> list[bytes] | None:
+        """The hit, or None when Flask must answer (a failed check, a cache miss)."""
         started = time.perf_counter()
         digest, key, headers, route = memo
         service = self.services.service
@@ -75,8 +79,10 @@ class CachedHits:
         count_request(route, "GET", 200, started)
         return [data]
 
-    def _through_flask(self, path: str, environ: dict, start_response: Callable[..., Any]):  # type: ignore[no-untyped-def]
-        def remember(status: str, headers: list[tuple[str, str]], exc_info=None):  # type: ignore[no-untyped-def]
+    def _through_flask(
+        self, path: str, environ: dict, start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        def remember(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             variant = environ.get(VARIANT_KEY_ENVIRON)
             if variant is not None and status.startswith("200 ") and exc_info is None:
                 self._remember(path, variant, headers)

@@ -45,10 +45,12 @@ def id_for(incoming: str) -> str:
     return incoming if _SANE_ID.fullmatch(incoming) else _new_id()
 
 
-def count_request(route: str, method: str, status: int, started: float) -> None:
-    """The request metrics of one answer (also for answers made before Flask: cached_hits)."""
+def count_request(route: str, method: str, status: int, started: float | None) -> None:
+    """The request metrics of one answer (also for answers made before Flask: cached_hits);
+    no latency when the start was never recorded (a hook before ours failed)."""
     metrics.REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-    metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+    if started is not None:
+        metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
 
 
 def route_label() -> str:
@@ -69,13 +71,7 @@ def init_app(app: Flask) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id()
         route = route_label()
         method = request.method if request.method in _METHODS else "OTHER"
-        started = g.get("request_started")
-        if started is None:
-            metrics.REQUESTS.labels(
-                route=route, method=method, status=str(response.status_code)
-            ).inc()
-        else:
-            count_request(route, method, response.status_code, started)
+        count_request(route, method, response.status_code, g.get("request_started"))
         return response
 
 
