@@ -1,10 +1,14 @@
-"""Where the time goes: pyinstrument profiles of the bare pipeline and of an upload.
+"""Where the time goes: pyinstrument profiles of the bare pipeline and of an upload, and where
+a cold variant's time goes in the real server.
 
     bench/.work/venv/bin/python -m bench.profile [--repeat 5]
 
 Prints, for each cold variant of figure 1 and for a new and a duplicate 10 MB upload (figure 3,
-in-process through the Flask app), the share of time in decode, resize, encode and the rest.
-The evidence behind the targets a codec bound keeps out of reach.
+in-process through the Flask app), the share of time in decode, resize, encode and the rest;
+then, for each cold variant served by gunicorn (one worker, the shipped config), the client's
+time split by the server's own metrics into the transform job (reading and hashing the
+original, then rendering), the app around it, and what lies outside the app (gunicorn, the
+socket). The evidence behind the targets a codec bound keeps out of reach.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 
 from pyinstrument import Profiler
 
@@ -102,7 +107,58 @@ def main(argv: list[str] | None = None) -> int:
             assert r.status_code == 201, r.json
         report(f"upload {len(data) / 1e6:.1f} MB JPEG, {label} (in-process)", profiler, args)
     shutil.rmtree(data_dir, ignore_errors=True)
+    served(inputs, args.repeat)
     return 0
+
+
+def served(inputs: Inputs, repeat: int) -> None:
+    """Cold variants through gunicorn: client time = outside the app + app around the
+    transform + transform job, the last two from the server's own histograms."""
+    from bench.figures import get_ok, upload
+
+    with servers.ours("profile-served", GUNICORN_WORKERS="1") as ours:
+        for i, (fmt, quality, width) in enumerate(COLD_SPECS):
+            digests = [
+                upload(ours.base, inputs.cold_photo(9000 + 100 * i + run))["hash"]
+                for run in range(repeat)
+            ]
+            time.sleep(0.5)
+            before = _histogram_sums(ours.base, fmt)
+            client = 0.0
+            for digest in digests:
+                client += get_ok(f"{ours.base}/{digest}/{fmt}/{quality}/{width}").seconds
+                time.sleep(0.2)  # the variant is stored after the answer: let that finish
+            after = _histogram_sums(ours.base, fmt)
+            request, transform = (after[k] - before[k] for k in ("request", "transform"))
+            n = repeat / 1000  # seconds summed over ``repeat`` calls -> ms per call
+            print(
+                f"served 12 MP -> {fmt}/{quality}/{width}: {client / n:.1f} ms per request = "
+                f"outside the app {(client - request) / n:.1f} + app around the transform "
+                f"{(request - transform) / n:.1f} + transform job {transform / n:.1f} "
+                "(read and hash the original, render)"
+            )
+
+
+def _histogram_sums(base: str, fmt: str) -> dict[str, float]:
+    """Seconds summed so far by the variant route and by transforms of ``fmt``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bench.figures import get_ok
+
+    sums = {"request": 0.0, "transform": 0.0}
+    text = get_ok(f"{base}/metrics").body.decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "image_origin_request_seconds_sum" and sample.labels.get(
+                "route", ""
+            ).endswith("/<width>"):
+                sums["request"] += sample.value
+            elif (
+                sample.name == "image_origin_transform_seconds_sum"
+                and sample.labels.get("format") == fmt
+            ):
+                sums["transform"] += sample.value
+    return sums
 
 
 def report(label: str, profiler: Profiler, args: argparse.Namespace) -> None:
