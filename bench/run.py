@@ -32,7 +32,7 @@ README = servers.ROOT / "README.md"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="image-origin benchmarks")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="figures to run, e.g. 1,4")
-    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", 5)))
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", 7)))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=4.0, help="per load-generator run")
     parser.add_argument("--objects", type=int, default=100_000, help="figure 6 object count")
