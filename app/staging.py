@@ -27,8 +27,8 @@ from typing import IO, BinaryIO
 
 from app.errors import InsufficientStorage, PayloadTooLarge, Unavailable
 
-# Size of each read from the request body, and of each hand-off to the hash thread (a body read
-# from the socket fills a whole CHUNK before it moves on). Where the body comes through
+# Size of each read from the request body, and of each hand-off to the hash and write stages (a
+# body read from the socket fills a whole CHUNK before it moves on). Where the body comes through
 # gunicorn's reader instead: it blocks until it holds the whole read, copying it through a few
 # BytesIO buffers on the way, and it receives up to 1 MiB per recv(): reads smaller than that
 # copy what is left of each recv() again on every call. Timed through gunicorn's reader on a

@@ -273,7 +273,7 @@ def test_incomplete_body_against_gunicorn(data_dir):
         assert "Traceback" not in server.logs()
 
 
-# --- the staging pipeline: hash thread, reused buffers, the socket body ---------------------
+# --- the staging pipeline: hash and write stages, reused buffers, the socket body ----------
 class Trickle(io.RawIOBase):
     """A raw body arriving a little at a time, as a socket hands it out; counts what it gave."""
 
@@ -294,9 +294,10 @@ class Trickle(io.RawIOBase):
 
 
 def _hash_threads() -> list[str]:
+    """The stage threads of uploads still running (none once copy_from has returned)."""
     import threading
 
-    return [t.name for t in threading.enumerate() if t.name == "upload-hash"]
+    return [t.name for t in threading.enumerate() if t.name in ("upload-hash", "upload-write")]
 
 
 def test_staging_hashes_and_writes_every_size_through_both_readers(tmp_path):
@@ -417,3 +418,39 @@ def test_raw_uploads_over_gunicorn_keep_the_connection_in_step(data_dir):
         assert sorted(p.read_bytes() for p in blob_files(data_dir)) == sorted([big, small])
         assert staging_files(data_dir) == []
         assert "Traceback" not in server.logs()
+
+
+def test_a_staging_write_that_fails_stops_reading_the_body(tmp_path):
+    """The write runs on its own stage: a full disk still ends the upload within a few chunks
+    (507 insufficient_storage), not after the whole body has been read and hashed."""
+    import errno
+
+    import pytest
+
+    from app.errors import InsufficientStorage
+    from app.staging import CHUNK, DEPTH, StagingFile
+
+    class FullDisk:
+        def __init__(self) -> None:
+            self.writes = 0
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def]
+            self.writes += 1
+            if self.writes > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+        def close(self) -> None:
+            pass
+
+    body = Trickle(b"\x00" * (40 * CHUNK), step=CHUNK)
+    staged = StagingFile(tmp_path, limit=50 * CHUNK)
+    real = staged._fh
+    staged._fh = FullDisk()  # type: ignore[assignment]
+    with pytest.raises(InsufficientStorage):
+        staged.copy_from(body)
+    assert body.taken <= (DEPTH + 3) * CHUNK, body.taken // CHUNK
+    assert _hash_threads() == []
+    real.close()  # type: ignore[union-attr]
+    staged.discard()
+    assert list(tmp_path.iterdir()) == []
