@@ -21,7 +21,7 @@ import time
 from pyinstrument import Profiler
 
 from bench import servers
-from bench.figures import COLD_SPECS, with_jpeg_comment
+from bench.figures import COLD_SPECS, get_ok, upload, with_jpeg_comment
 from bench.images import Inputs
 
 # Frames whose time is the codec's own work (C code below these Python calls).
@@ -138,8 +138,6 @@ def decode_check(inputs: Inputs, settings, repeat: int) -> None:  # type: ignore
 def served(inputs: Inputs, repeat: int) -> None:
     """Cold variants through gunicorn: client time = outside the app + app around the
     transform + transform job, the last two from the server's own histograms."""
-    from bench.figures import get_ok, upload
-
     with servers.ours("profile-served", GUNICORN_WORKERS="1") as ours:
         for i, (fmt, quality, width) in enumerate(COLD_SPECS):
             digests = [
@@ -166,8 +164,6 @@ def served(inputs: Inputs, repeat: int) -> None:
 def _histogram_sums(base: str, fmt: str) -> dict[str, float]:
     """Seconds summed so far by the variant route and by transforms of ``fmt``."""
     from prometheus_client.parser import text_string_to_metric_families
-
-    from bench.figures import get_ok
 
     sums = {"request": 0.0, "transform": 0.0}
     text = get_ok(f"{base}/metrics").body.decode()
