@@ -93,8 +93,12 @@ def test_worker_killed_mid_upload(data_dir: Path, multipart: bool) -> None:
             sock.close()
         (respawned,) = procs.workers(server.proc.pid, 1)
         assert respawned != worker
-        # the replacement worker removed what the dead one left
-        eventually(lambda: _staged(data_dir) == [], 20, "staging cleaned by the new worker")
+        # the replacement worker removed what the dead one left, spares included
+        eventually(
+            lambda: [p for p in (data_dir / "staging").iterdir() if f"-{worker}-" in p.name] == [],
+            20,
+            "staging cleaned by the new worker",
+        )
         _assert_consistent(live, data_dir)
         assert [r["id"] for r in live.references(ALICE)] == [kept.json()["id"]]
 
