@@ -232,6 +232,7 @@ class StagingFile:
             self.close()
         spare = str(self.directory / _name(SPARE_PREFIX))
         if self._finished and SPARES.keep(self.directory, self.path, self.size, spare):
+            self._finished = False  # the spare is the pool's now, whoever discards again
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)

@@ -188,3 +188,16 @@ def test_uploads_through_the_api_store_exact_bytes_over_spares(client, data_dir:
     assert sorted(p.read_bytes() for p in blob_files(data_dir)) == sorted(bodies)
     assert len(spares(data_dir / "staging")) == 1  # one upload at a time: one spare
     assert leftovers(data_dir / "staging") == []
+
+
+def test_discarding_twice_leaves_the_spare_to_the_pool(tmp_path: Path) -> None:
+    staged = stage(tmp_path, os.urandom(4000))
+    staged.discard()
+    (spare,) = spares(tmp_path)
+    data = os.urandom(5000)
+    taker = stage(tmp_path, data)  # took the spare under a new name
+    assert not spare.exists()
+    staged.discard()  # again: must not touch what is now another upload's file
+    assert Path(taker.path).read_bytes() == data
+    taker.discard()
+    assert len(spares(tmp_path)) == 1 and leftovers(tmp_path) == []
