@@ -428,6 +428,61 @@ def test_raw_uploads_over_gunicorn_keep_the_connection_in_step(data_dir):
         assert "Traceback" not in server.logs()
 
 
+def test_a_refused_body_within_a_proxys_slack_is_read_so_the_connection_stays_in_step(data_dir):
+    """nginx lets bodies up to the limit + 1 MiB through, streaming; gunicorn drains only 64 KiB
+    of what the app leaves unread, then closes mid-body (nginx then answers 502, not our 413).
+    A refused body up to REFUSED_BODY_DRAIN over the ceiling is read to its end first, whether
+    refused from its Content-Length, at the limit, or chunked; a larger one is refused at once
+    without waiting for it."""
+    import json
+    import os
+    import socket
+
+    from app.http.uploads import REFUSED_BODY_DRAIN
+    from tests.conftest import ALICE
+    from tests.live import gunicorn
+
+    limit = 1024 * 1024
+    head = f"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE}\r\n"
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def declared(body: bytes) -> bytes:
+        return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    def chunked(body: bytes) -> bytes:
+        step = 256 * 1024
+        parts = [
+            b"%x\r\n%s\r\n" % (len(body[i : i + step]), body[i : i + step])
+            for i in range(0, len(body), step)
+        ]
+        return f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + b"".join(parts) + b"0\r\n\r\n"
+
+    over_ceiling = b"\xff\xd8\xff" + os.urandom(limit + 1024 * 1024)  # refused from its length
+    at_limit = b"\xff\xd8\xff" + os.urandom(limit + 40 * 1024)  # under the ceiling: read to it
+    with gunicorn(data_dir, workers=1, IMAGE_ORIGIN_MAX_UPLOAD_BYTES=str(limit)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        for request in (declared(over_ceiling), declared(at_limit), chunked(over_ceiling)):
+            with (
+                socket.create_connection((host, int(port)), timeout=30) as sock,
+                sock.makefile("rb") as f,
+            ):
+                sock.sendall(request + health)
+                status, _, doc = _read_response(f)
+                assert status == 413 and json.loads(doc)["error"]["code"] == "payload_too_large"
+                assert _read_response(f)[0] == 200  # the body was read: the next one is in step
+        # declared far past any proxy's slack: refused without waiting for the body (the 413
+        # comes while the client has sent 1,000 of its bytes)
+        huge = limit + 64 * 1024 + REFUSED_BODY_DRAIN + 1
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as sock,
+            sock.makefile("rb") as f,
+        ):
+            sock.sendall(f"{head}Content-Length: {huge}\r\n\r\n".encode() + b"\xff" * 1000)
+            assert _read_response(f)[0] == 413
+        assert blob_files(data_dir) == [] and staging_files(data_dir) == []
+        assert "Traceback" not in server.logs()
+
+
 def test_a_staging_write_that_fails_stops_reading_the_body(tmp_path):
     """The write runs on its own stage: a full disk still ends the upload within a few chunks
     (507 insufficient_storage), not after the whole body has been read and hashed."""

@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from app.errors import DomainError
+from app.http.uploads import drain_refused_body
 from app.logs import event
 
 CODES = {
@@ -46,11 +47,15 @@ def error_response(
 def init_app(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError) -> Response:
+        if exc.status == 413:
+            drain_refused_body()
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 413:
+            drain_refused_body()  # werkzeug's own checks: content length, form parts
         code = CODES.get(status, "http_error")
         message = exc.description if status != 413 else "the upload is larger than the limit"
         response = error_response(status, code, message or code)

@@ -94,9 +94,8 @@ def _from_raw_body() -> Upload:
     ceiling = request.max_content_length
     if declared is not None and ceiling is not None and declared > ceiling:
         # What werkzeug's request.stream answers before reading a byte; a body declared between
-        # the upload limit and this ceiling is read up to the limit and refused there, as
-        # before (behind nginx, which streams it, a refusal before reading resets the upload
-        # instead of answering 413).
+        # the upload limit and this ceiling is read up to the limit and refused there. Either
+        # way the 413 handler reads the rest first (``drain_refused_body``).
         raise PayloadTooLarge("the upload is larger than the limit")
     staged = current_app.config["IMAGE_ORIGIN"].service.new_staging_file()
     g.setdefault("staging_files", []).append(staged)
@@ -195,6 +194,37 @@ class GunicornSocketBody(io.RawIOBase):
             raise
         self._reader.length -= n
         return n
+
+
+# A refused upload's body is still read to its end (and thrown away) when it is at most this much
+# over the ceiling (``MAX_CONTENT_LENGTH``: the limit plus the multipart envelope). nginx streams
+# bodies up to the limit plus its own 1 MiB slack (nginx/render.py) to the app; gunicorn drains
+# at most 64 KiB of a body the app left unread, then closes the connection with the rest still
+# in flight, and nginx, failing its write with EPIPE, then often answers 502 instead of passing
+# our 413 on. A body declared larger than this is not coming through that proxy: it is refused
+# at once, and its connection closed.
+REFUSED_BODY_DRAIN = 2 * 1024 * 1024
+DRAIN_CHUNK = 64 * 1024
+
+
+def drain_refused_body() -> None:
+    """Before a 413 leaves: read what is left of the body, within REFUSED_BODY_DRAIN, so the
+    connection stays in step (and a proxy in front sees the answer, not a reset). Only under a
+    server that terminates the input stream (gunicorn); nothing read here is kept."""
+    environ = request.environ
+    stream = environ.get("wsgi.input")
+    if not environ.get("wsgi.input_terminated") or stream is None:
+        return
+    ceiling = request.max_content_length or 0
+    declared = request.content_length
+    if declared is not None and declared > ceiling + REFUSED_BODY_DRAIN:
+        return
+    budget = ceiling + REFUSED_BODY_DRAIN
+    try:
+        while budget > 0 and (chunk := stream.read(min(DRAIN_CHUNK, budget))):
+            budget -= len(chunk)
+    except Exception:  # the client went away or sent a broken chunk: gunicorn closes anyway
+        return
 
 
 def parse_bool(raw: Any) -> bool:
