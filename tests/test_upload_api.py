@@ -483,6 +483,36 @@ def test_a_refused_body_within_a_proxys_slack_is_read_so_the_connection_stays_in
         assert "Traceback" not in server.logs()
 
 
+def test_draining_a_refused_body_gives_up_on_a_client_that_stops_sending(app, monkeypatch):
+    """The drain before a 413 is bounded in time too: a stalled client holds no thread."""
+    import socket
+    import threading
+    import time
+
+    import app.http.uploads as uploads_mod
+
+    monkeypatch.setattr(uploads_mod, "DRAIN_SECONDS", 0.3)
+    ours, client_side = socket.socketpair()
+    client_side.sendall(b"x" * 1000)  # then nothing more, connection left open
+    stream = ours.makefile("rb")
+    environ = {"wsgi.input_terminated": True, "wsgi.input": stream, "gunicorn.socket": ours}
+    length = str(app.config["MAX_CONTENT_LENGTH"] + 1024)
+    with app.test_request_context(
+        "/v1/images", method="POST", headers={"Content-Length": length}, environ_overrides=environ
+    ):
+        rescue = threading.Timer(10, client_side.close)  # a drain that never ends fails, too
+        rescue.start()
+        started = time.monotonic()
+        uploads_mod.drain_refused_body()
+        elapsed = time.monotonic() - started
+        rescue.cancel()
+        assert 0.25 < elapsed < 3, f"the drain waited {elapsed:.1f} s for a body that never came"
+        assert ours.gettimeout() is None  # the socket is left as gunicorn had it
+    stream.close()
+    ours.close()
+    client_side.close()
+
+
 def test_a_staging_write_that_fails_stops_reading_the_body(tmp_path):
     """The write runs on its own stage: a full disk still ends the upload within a few chunks
     (507 insufficient_storage), not after the whole body has been read and hashed."""

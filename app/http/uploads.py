@@ -19,8 +19,10 @@ reader, which copies every byte through several BytesIO buffers and slices (9 to
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import IO, Any
@@ -205,12 +207,16 @@ class GunicornSocketBody(io.RawIOBase):
 # at once, and its connection closed.
 REFUSED_BODY_DRAIN = 2 * 1024 * 1024
 DRAIN_CHUNK = 64 * 1024
+# ... and within this many seconds (gunicorn's own drain deadline): a client that stops sending
+# a refused body must not hold a request thread.
+DRAIN_SECONDS = 5.0
 
 
 def drain_refused_body() -> None:
-    """Before a 413 leaves: read what is left of the body, within REFUSED_BODY_DRAIN, so the
-    connection stays in step (and a proxy in front sees the answer, not a reset). Only under a
-    server that terminates the input stream (gunicorn); nothing read here is kept."""
+    """Before a 413 leaves: read what is left of the body, within REFUSED_BODY_DRAIN and
+    DRAIN_SECONDS, so the connection stays in step (and a proxy in front sees the answer, not
+    a reset). Only under a server that terminates the input stream (gunicorn); nothing read
+    here is kept."""
     environ = request.environ
     stream = environ.get("wsgi.input")
     if not environ.get("wsgi.input_terminated") or stream is None:
@@ -219,12 +225,24 @@ def drain_refused_body() -> None:
     declared = request.content_length
     if declared is not None and declared > ceiling + REFUSED_BODY_DRAIN:
         return
+    sock = environ.get("gunicorn.socket")
+    if sock is None or not hasattr(sock, "settimeout"):
+        return  # no way to bound the wait: leave the rest to the server
     budget = ceiling + REFUSED_BODY_DRAIN
+    deadline = time.monotonic() + DRAIN_SECONDS
+    prior = sock.gettimeout()
     try:
-        while budget > 0 and (chunk := stream.read(min(DRAIN_CHUNK, budget))):
+        while budget > 0 and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = stream.read(min(DRAIN_CHUNK, budget))
+            if not chunk:
+                break
             budget -= len(chunk)
-    except Exception:  # the client went away or sent a broken chunk: gunicorn closes anyway
+    except Exception:  # timed out, gone, or a broken chunk: the server closes the connection
         return
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(prior)
 
 
 def parse_bool(raw: Any) -> bool:
