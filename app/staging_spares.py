@@ -13,9 +13,11 @@ SPARE_MAX_BYTES), and the next StagingFile renames a spare back to a fresh ``upl
 writes from offset 0 and truncates to what it wrote (``StagingFile.finish``), so no byte of
 the earlier upload survives into the new one.
 
-A spare still holds an earlier upload's bytes, in the private staging folder, for at most
-SPARE_IDLE_SECONDS: a reaper thread removes spares nobody took by then, far inside any GC grace
-period, so a spare never keeps content that has been collected. Spares left by a process that
+A spare still holds an earlier upload's bytes (stored, deduplicated or refused), in the private
+staging folder, for at most SPARE_IDLE_SECONDS: a reaper thread removes spares nobody took by
+then. That is far inside the default GC grace period (a day), so a spare does not keep content
+GC has collected; only a grace period set under SPARE_IDLE_SECONDS lets a spare outlive a
+collected blob, by those few seconds. Spares left by a process that
 exits without its atexit hook (SIGKILL, OOM) are removed by ``clean_staging`` like its upload
 files; a disk that fills up drops every spare of the folder (``drop``).
 """
