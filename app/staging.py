@@ -230,10 +230,11 @@ class StagingFile:
         upload that staged it has answered."""
         with contextlib.suppress(OSError):
             self.close()
-        spare = str(self.directory / _name(SPARE_PREFIX))
-        if self._finished and SPARES.keep(self.directory, self.path, self.size, spare):
-            self._finished = False  # the spare is the pool's now, whoever discards again
-            return
+        if self._finished:
+            spare = str(self.directory / _name(SPARE_PREFIX))
+            if SPARES.keep(self.directory, self.path, self.size, spare):
+                self._finished = False  # the spare is the pool's now, whoever discards again
+                return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
