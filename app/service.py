@@ -27,7 +27,12 @@ from app.errors import (
     NotFoundError,
     Unavailable,
 )
-from app.imaging.probe import ProbeResult, probe
+from app.imaging.probe import (
+    ProbeResult,
+    decode_check_reads_markers,
+    markers_pass_decode_check,
+    probe,
+)
 from app.logs import event
 from app.metadata import (
     TIER_ARCHIVED,
@@ -145,18 +150,22 @@ class ImageService:
         Content already stored under this hash passed the full decode check when it was first
         uploaded; the same bytes decode the same way, so a duplicate is only re-checked
         against the type and pixel limits (which settings may have changed since). New content
-        is decoded in full, and that check (120 to 170 ms for a 10 MB JPEG here) runs on
-        a second thread while the blob is written; it always ends before the metadata commit,
-        so no row is ever written for bytes that failed it. Writing first means a failing
-        upload may briefly have installed a blob nobody references: ``_abandon_blob`` removes
-        it again (see there for why that cannot take a blob from under another upload).
+        gets the decode check, and it always ends before the metadata commit, so no row is ever
+        written for bytes that failed it. A sequential JPEG's check reads its markers instead of
+        decoding (4 ms for 10 MB; ``probe``), run by the blob store while the copy's fsync waits
+        (``_InlineCheck``). Anything else is decoded (65 ms or more for a 10 MB JPEG here) on a
+        second thread while the blob is written (``_DecodeCheck``); writing first means such a
+        failing upload may briefly have installed a blob nobody references: ``_abandon_blob``
+        removes it again (see there for why that cannot take a blob from under another upload).
         """
         digest = staged.finish()
         known = self._get_object(digest) is not None
-        check: _DecodeCheck | None = None
+        check: _DecodeCheck | _InlineCheck | None = None
         if known or staged.size >= CONCURRENT_CHECK_BYTES:
             info = probe(staged.path, self.settings, decode=False)
-            if not known:
+            if not known and decode_check_reads_markers(staged.path):
+                check = _InlineCheck(staged.path, self.settings)
+            elif not known:
                 check = _DecodeCheck(staged.path, self.settings)
         else:
             info = probe(staged.path, self.settings, decode=True)
@@ -171,7 +180,7 @@ class ImageService:
         staged: StagingFile,
         digest: str,
         info: ProbeResult,
-        check: _DecodeCheck | None,
+        check: _DecodeCheck | _InlineCheck | None,
         owner: str,
         filename: str | None,
         private: bool,
@@ -189,7 +198,8 @@ class ImageService:
                 continue
             if must_write:
                 try:
-                    wrote = self._put_blob(key, staged.path, digest)
+                    alongside = check.run if isinstance(check, _InlineCheck) else None
+                    wrote = self._put_blob(key, staged.path, digest, alongside)
                 except DomainError:
                     if check is not None:
                         check.result()  # an undecodable upload is 422, whatever storage says
@@ -231,7 +241,13 @@ class ImageService:
         raise Unavailable("content is being collected; retry", code="busy")
 
     def _await_check(
-        self, check: _DecodeCheck, key: str, path: str, digest: str, *, installed: bool
+        self,
+        check: _DecodeCheck | _InlineCheck,
+        key: str,
+        path: str,
+        digest: str,
+        *,
+        installed: bool,
     ) -> None:
         """The decode check's verdict, before any commit. A failure removes the blob this
         upload installed (``installed``: put_file returned True) and re-raises (422)."""
@@ -286,9 +302,11 @@ class ImageService:
         event("blob_rewritten_after_commit", key=key)
         return self._put_blob(key, path, digest)
 
-    def _put_blob(self, key: str, path: str, digest: str) -> bool:
+    def _put_blob(
+        self, key: str, path: str, digest: str, alongside: Callable[[], object] | None = None
+    ) -> bool:
         try:
-            return self.blobs.put_file(key, path, sha256_hex=digest)
+            return self.blobs.put_file(key, path, sha256_hex=digest, alongside=alongside)
         except StorageError as exc:
             event("storage_write_failed", key=key, error=type(exc).__name__)
             raise Unavailable("storage unavailable", code="storage_unavailable") from exc
@@ -568,6 +586,43 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
 def new_reference_id() -> str:
     """Opaque, unguessable reference ids: knowing one never reveals another."""
     return "img_" + secrets.token_urlsafe(16)
+
+
+class _InlineCheck:
+    """The decode check of new content run in the request thread, inside the blob write.
+
+    For a sequential JPEG the check reads markers rather than decoding (``jpeg_structure``),
+    and that search holds the GIL: on a thread of its own it stalled the write's copy, hash
+    and fsync at every hand-over (a 10 MB upload took 36 to 41 ms instead of 22). So the blob
+    store runs it (``put_file(alongside=...)``) while the copy's fsync waits on the disk; a
+    failure there installs nothing. Same interface as ``_DecodeCheck``: ``result()`` runs the
+    check itself if the store did not (the blob was there already, or the write failed first).
+    """
+
+    def __init__(self, path: str, settings: Settings) -> None:
+        self._path = path
+        self._settings = settings
+        self._ran = False
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        """The check, once; raises its error (422 and such). The file was probed already,
+        so only the markers are read; a file they do not settle is decoded here."""
+        if not self._ran:
+            self._ran = True
+            try:
+                if not markers_pass_decode_check(self._path):
+                    probe(self._path, self._settings, decode=True)
+            except BaseException as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+
+    def wait(self) -> None:
+        """Nothing runs in the background; present for the interface."""
+
+    def result(self) -> None:
+        self.run()
 
 
 class _DecodeCheck:

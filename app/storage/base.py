@@ -8,7 +8,7 @@ so the service never has to know which backend it talks to.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,8 +47,23 @@ class BlobInfo:
 class BlobStore(Protocol):
     """Bytes by key. Writes are atomic and idempotent; reads stream."""
 
-    def put_file(self, key: str, path: str, sha256_hex: str | None = None) -> bool:
-        """Store the file at ``path`` under ``key``; True if written, False if already there."""
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        sha256_hex: str | None = None,
+        *,
+        alongside: Callable[[], object] | None = None,
+    ) -> bool:
+        """Store the file at ``path`` under ``key``; True if written, False if already there.
+
+        ``sha256_hex``: refuse (StorageError, nothing stored) bytes that do not hash to it.
+        ``alongside``: work of the caller's (a check of the content) that the store runs at
+        most once, in the calling thread, wherever it hides best (local disk: during the
+        fsync); if it raises, nothing is stored and its error is raised. True means it ran
+        and passed; after False or a StorageError it may not have run (the key was there, or
+        the write failed first), and a caller that needs it runs it itself.
+        """
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """Store ``data`` under ``key``, replacing anything there (variants are deterministic)."""

@@ -98,6 +98,21 @@ def _os_error(action: str, key: str, exc: OSError) -> StorageError:
     return StorageError(f"local store: cannot {action} {key}: {exc.strerror or exc}")
 
 
+class _AlongsideFailed(Exception):
+    """Carries an error of ``put_file``'s ``alongside`` past the store's own OSError mapping."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+    @classmethod
+    def run(cls, work: Callable[[], object]) -> object:
+        try:
+            return work()
+        except Exception as exc:
+            raise cls(exc) from exc
+
+
 class LocalBlobStore:
     """BlobStore on a local directory; see the module docstring for layout and tiers."""
 
@@ -235,18 +250,66 @@ class LocalBlobStore:
         return None
 
     # --- atomic writes ----------------------------------------------------------------------
-    def _write_temp(self, target: Path, chunks: Iterator[bytes]) -> tuple[Path, str]:
-        """Write ``chunks`` to a fresh temp file beside ``target``; return it and its SHA-256."""
-        digest = hashlib.sha256()
+    @staticmethod
+    def _create_temp(target: Path, flags: int = os.O_WRONLY) -> tuple[int, Path]:
+        """A fresh temp file beside ``target``: its descriptor and path."""
         for attempt in range(3):  # a concurrent delete may prune the fan-out dir under us
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.parent / f".{target.name}{TMP_MARK}{secrets.token_hex(8)}"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
+                return os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o644), tmp
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
+
+    def _copy_temp(
+        self,
+        target: Path,
+        source: str | Path,
+        *,
+        hashed: bool,
+        alongside: Callable[[], object] | None = None,
+    ) -> tuple[Path, str | None]:
+        """Copy ``source`` to a fresh, fsynced temp file beside ``target``; return it and (with
+        ``hashed``) the SHA-256 of the source as it was copied.
+
+        Why not read, hash and write chunk by chunk, as before: for a 10 MB original that was
+        read 1 + hash 5.5 + write 2 + fsync 4 ms one after another. Now the kernel copies
+        (``fs.copy_contents``) and then fsyncs while a second thread hashes the source from a
+        mapping: about the copy and the fsync, the hash beside them. The hash covers the same
+        bytes as before (the source, read once more after the upload hashed it as it arrived).
+        ``alongside`` fills the fsync's wait (for an upload, the marker check of a JPEG: 4 ms
+        for 10 MB against a 4 to 5 ms fsync here).
+        """
+        fd, tmp = self._create_temp(target)
+        try:
+            with open(source, "rb") as src:
+
+                def copy_and_sync() -> None:
+                    fs.copy_contents(src.fileno(), fd)
+                    if alongside is None:
+                        os.fsync(fd)
+                    else:
+                        fs.beside(lambda: os.fsync(fd), lambda: _AlongsideFailed.run(alongside))
+
+                if hashed:
+                    digest, _ = fs.beside(lambda: fs.sha256_of(src.fileno()), copy_and_sync)
+                else:
+                    digest = None
+                    copy_and_sync()
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        return tmp, digest
+
+    def _write_temp(self, target: Path, chunks: Iterator[bytes]) -> tuple[Path, str]:
+        """Write ``chunks`` to a fresh temp file beside ``target``; return it and its SHA-256."""
+        digest = hashlib.sha256()
+        fd, tmp = self._create_temp(target)
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:
@@ -260,22 +323,34 @@ class LocalBlobStore:
             raise
         return tmp, digest.hexdigest()
 
-    def put_file(self, key: str, path: str | Path, sha256_hex: str | None = None) -> bool:
+    def put_file(
+        self,
+        key: str,
+        path: str | Path,
+        sha256_hex: str | None = None,
+        *,
+        alongside: Callable[[], object] | None = None,
+    ) -> bool:
         """Copy ``path`` in under ``key``; False (and nothing written) if the key already exists.
 
-        With ``sha256_hex`` the bytes are hashed while copied and a mismatch raises StorageError
-        before anything is installed.
+        With ``sha256_hex`` the bytes are hashed as they are copied and a mismatch raises
+        StorageError before anything is installed. ``alongside`` runs in this thread while the
+        copy's fsync waits on the disk; if it raises, nothing is installed and its error is
+        raised as it is (an OSError of the caller's is not taken for a storage failure).
         """
         target = self._hot(key)
         if self._locate(key) is not None:
             return False
         try:
-            with open(path, "rb") as src:
-                tmp, actual = self._write_temp(target, iter(lambda: src.read(CHUNK), b""))
+            tmp, actual = self._copy_temp(
+                target, path, hashed=sha256_hex is not None, alongside=alongside
+            )
+        except _AlongsideFailed as failed:
+            raise failed.error from None  # the caller's own error, whatever its type
         except OSError as exc:
             raise _os_error("write", key, exc) from exc
         try:
-            if sha256_hex is not None and actual != sha256_hex.lower():
+            if actual is not None and actual != sha256_hex.lower():  # type: ignore[union-attr]
                 raise StorageError(f"local store: sha256 mismatch for {key}; nothing stored")
             return self._install_no_clobber(tmp, target)
         except OSError as exc:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import hashlib
 import itertools
+import mmap
 import os
 import queue
 import sys
@@ -191,3 +194,87 @@ class Pruner:
             items.put(None)
         for thread in self._threads:
             thread.join()
+
+
+# Errors from copy_file_range that mean "not here" (another filesystem on an old kernel, a
+# filesystem without it, a seccomp filter), not "the copy failed": the copy goes on by hand.
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
+)
+_COPY_CHUNK = 1024 * 1024
+
+
+def copy_contents(src_fd: int, dst_fd: int) -> int:
+    """Copy everything in ``src_fd`` to ``dst_fd`` (both at offset 0); return the bytes copied.
+
+    Why: ``copy_file_range(2)`` copies inside the kernel, so a 10 MB original is not read into
+    Python and written back (2.7 against 8.5 ms here), and a filesystem that shares extents
+    (XFS, btrfs) may not copy at all. Where it is not available the copy is made through a
+    buffer from where the kernel stopped.
+    """
+    offset = 0
+    kernel_copy = getattr(os, "copy_file_range", None)
+    while kernel_copy is not None:
+        try:
+            copied = kernel_copy(src_fd, dst_fd, 1 << 30, offset, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            break
+        if copied == 0:
+            return offset
+        offset += copied
+    while chunk := os.pread(src_fd, _COPY_CHUNK, offset):
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(dst_fd, view, offset)
+            view = view[written:]
+            offset += written
+    return offset
+
+
+def sha256_of(fd: int) -> str:
+    """The SHA-256 of a whole file, hashed from a read-only mapping (no copy into Python).
+
+    hashlib releases the GIL for the whole buffer, so this overlaps with other threads' work.
+    """
+    if os.fstat(fd).st_size == 0:
+        return hashlib.sha256(b"").hexdigest()
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+        return hashlib.sha256(mapped).hexdigest()
+
+
+U = TypeVar("U")
+
+
+def beside(background: Callable[[], T], foreground: Callable[[], U]) -> tuple[T, U]:
+    """Run ``background`` on a helper thread while ``foreground`` runs here; return both results.
+
+    Both always run to their end; an error from either is raised after that (the foreground's
+    first). For work that waits in the kernel or in C code without the GIL (hashing, copying,
+    fsync), so that the two really overlap.
+    """
+    outcome: list[tuple[bool, object]] = []
+    running = threading.Event()
+
+    def run() -> None:
+        running.set()
+        try:
+            outcome.append((True, background()))
+        except BaseException as exc:  # handed to the caller below
+            outcome.append((False, exc))
+
+    helper = threading.Thread(target=run, name="storage-beside", daemon=True)
+    helper.start()
+    # Let the helper reach its blocking call before the foreground takes the GIL: a foreground
+    # that holds it (a regex over 10 MB) would otherwise keep the helper from even starting
+    # its fsync until it was done, and the two would run one after the other (11.6 ms).
+    running.wait()
+    try:
+        result = foreground()
+    finally:
+        helper.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value, result  # type: ignore[return-value]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import boto3
@@ -152,8 +152,19 @@ class S3BlobStore:
             raise _fail("head", key, exc) from exc
 
     # --- writes -----------------------------------------------------------------------------
-    def put_file(self, key: str, path: str, sha256_hex: str | None = None) -> bool:
-        """Upload ``path`` under ``key`` unless an object is there; True if written."""
+    def put_file(
+        self,
+        key: str,
+        path: str,
+        sha256_hex: str | None = None,
+        *,
+        alongside: Callable[[], object] | None = None,
+    ) -> bool:
+        """Upload ``path`` under ``key`` unless an object is there; True if written.
+
+        ``alongside`` runs before the upload (there is no wait of ours to hide it in: boto3's
+        upload needs the GIL that a check would hold); if it raises, nothing is uploaded.
+        """
         name = self._name(key)
         extra: dict[str, Any] = {}
         if sha256_hex is not None:
@@ -168,6 +179,8 @@ class S3BlobStore:
             extra["IfNoneMatch"] = "*"
         elif self.exists(key):
             return False
+        if alongside is not None:
+            alongside()
         try:
             fh = open(path, "rb")  # closed by the with below, after the upload
         except OSError as exc:
@@ -183,7 +196,7 @@ class S3BlobStore:
                 return False  # a concurrent writer of the same content won
             if (status == 501 or code == "NotImplemented") and self._conditional_writes:
                 self._conditional_writes = False
-                return self.put_file(key, path, sha256_hex)
+                return self.put_file(key, path, sha256_hex)  # alongside has run
             if code in DIGEST_CODES:
                 raise StorageError(f"s3 put {key}: sha256 mismatch; nothing stored") from exc
             raise _fail("put", key, exc) from exc

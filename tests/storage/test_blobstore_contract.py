@@ -83,6 +83,44 @@ def test_put_file_refuses_wrong_sha256_and_stores_nothing(store: Any, tmp_path: 
         assert [p for p in store.root.rglob("*") if p.is_file()] == []
 
 
+class CheckFailed(OSError):
+    """What a caller's check raises (for an upload: 422, a DomainError). An OSError here, to
+    show the store passes the caller's own error through rather than as a StorageError."""
+
+
+def test_put_file_runs_its_alongside_check_once_and_stores(store: Any, tmp_path: Path) -> None:
+    path, key = write(tmp_path, b"checked alongside" * 1000)
+    ran: list[bool] = []
+    assert store.put_file(key, path, keys.hex_of(key), alongside=lambda: ran.append(True))
+    assert ran == [True]
+    assert store.get_bytes(key) == b"checked alongside" * 1000
+
+
+def test_a_failing_alongside_check_stores_nothing(store: Any, tmp_path: Path) -> None:
+    path, key = write(tmp_path, b"refused by the check")
+
+    def refuse() -> None:
+        raise CheckFailed("undecodable")
+
+    with pytest.raises(CheckFailed):
+        store.put_file(key, path, keys.hex_of(key), alongside=refuse)
+    assert not store.exists(key)
+    assert all_keys(store) == []
+    if isinstance(store, LocalBlobStore):  # no temp file left behind either
+        assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    assert store.put_file(key, path, keys.hex_of(key)) is True  # nothing stuck in the way
+
+
+def test_alongside_runs_at_most_once_for_a_key_already_there(store: Any, tmp_path: Path) -> None:
+    """Local disk sees the blob first and skips it; S3 with conditional writes learns only from
+    the 412 after the check. Either way the caller cannot count on it and runs it itself."""
+    path, key = write(tmp_path, b"stored before")
+    assert store.put_file(key, path) is True
+    ran: list[bool] = []
+    assert store.put_file(key, path, alongside=lambda: ran.append(True)) is False
+    assert ran == ([] if isinstance(store, LocalBlobStore) else [True])
+
+
 def test_put_file_from_missing_source_is_storage_error(store: Any, tmp_path: Path) -> None:
     with pytest.raises(StorageError) as err:
         store.put_file(keys.original_key(H1), str(tmp_path / "nope"))
