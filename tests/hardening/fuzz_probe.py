@@ -1,8 +1,11 @@
 """atheris (coverage-guided, libFuzzer) target: probe, then render, on arbitrary bytes.
 
 The property is the service's: an upload is either accepted (probe returns) or refused with a
-4xx domain error, and anything probe accepts renders or is refused with a 4xx. Any other
-exception, or an assertion below, is a crash that libFuzzer saves as ``crash-<sha1>``.
+4xx domain error, and anything probe accepts renders or is refused with a 4xx. One more, for
+the upload check's marker path: a JPEG that ``sequential_jpeg_is_sound`` vouches for must
+decode in full (that check stands in for a decode, so a wrong "sound" would store a file that
+cannot be shown). Any other exception, or an assertion below, is a crash that libFuzzer saves
+as ``crash-<sha1>``.
 
 Pillow's format plugins are Python, so instrumenting them (and app.imaging) gives libFuzzer
 coverage of the parsers our sniffing lets through. Limits are small (4 MP, 50 frames) so each
@@ -14,6 +17,7 @@ Run by tests/hardening/test_atheris.py for a bounded time; by hand:
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
@@ -31,8 +35,9 @@ from app.errors import DomainError  # noqa: E402
 from app.settings import VariantSpec, load  # noqa: E402
 
 with atheris.instrument_imports(include=["PIL", "app.imaging"]):
-    from PIL import GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
+    from PIL import GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 
+    from app.imaging.jpeg_structure import sequential_jpeg_is_sound
     from app.imaging.pipeline import render
     from app.imaging.probe import probe
 
@@ -59,7 +64,21 @@ def _refused(exc: DomainError) -> None:
         raise AssertionError(f"{type(exc).__name__} answers {exc.status}, not a 4xx") from exc
 
 
+def _decodes_in_full(data: bytes) -> None:
+    """What the marker path promises, checked by the decoder itself (within the pixel limit;
+    probe refuses larger images before any decode anyway)."""
+    im = Image.open(io.BytesIO(data), formats=["JPEG"])
+    if im.width * im.height > SETTINGS.max_pixels:
+        return
+    try:
+        im.load()
+    except Exception as exc:
+        raise AssertionError(f"the marker path vouched for a JPEG libjpeg refuses: {exc}") from exc
+
+
 def test_one_input(data: bytes) -> None:
+    if sequential_jpeg_is_sound(data):
+        _decodes_in_full(data)
     try:
         info = probe(data, SETTINGS)
     except DomainError as exc:
