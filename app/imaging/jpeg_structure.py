@@ -23,6 +23,8 @@ from __future__ import annotations
 import mmap
 import re
 
+from PIL import features
+
 # libjpeg limits (jpeglib.h / jmorecfg.h).
 MAX_DIMENSION = 65500
 MAX_BLOCKS_IN_MCU = 10
@@ -30,6 +32,10 @@ MAX_COMPONENTS = 4  # Pillow decodes 1 (L), 3 (RGB/YCbCr) and 4 (CMYK/YCCK) comp
 SAMPLING_FACTORS = frozenset({1, 2, 4})
 # More segments than this and the walk in Python would cost more than the decode it replaces.
 MAX_SEGMENTS = 2048
+
+# The rules are libjpeg-turbo's (the library Pillow's wheels bundle). A Pillow built against
+# another JPEG library gets no fast path: its decoder decides, as before.
+DECODER_IS_LIBJPEG_TURBO = bool(features.check_feature("libjpeg_turbo"))
 
 SOI, EOI, SOS, DHT, DQT, DRI = 0xD8, 0xD9, 0xDA, 0xC4, 0xDB, 0xDD
 SEQUENTIAL_HUFFMAN_SOF = frozenset({0xC0, 0xC1})  # baseline, extended sequential
@@ -64,6 +70,8 @@ def sequential_jpeg_headers(data: Data) -> bool:
 
 
 def _answer(data: Data, *, headers_only: bool) -> bool:
+    if not DECODER_IS_LIBJPEG_TURBO:
+        return False
     view = memoryview(data).cast("B")
     try:
         return _walk(view, headers_only)

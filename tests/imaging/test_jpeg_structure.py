@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+import app.imaging.jpeg_structure as structure
 from app.errors import Unprocessable
 from app.imaging import probe
 from app.imaging.jpeg_structure import (
@@ -209,3 +210,15 @@ def test_it_reads_a_mapped_file_and_leaves_it_closable(tmp_path) -> None:  # typ
 def test_not_a_jpeg_at_all() -> None:
     for data in (b"", b"\xff", b"\xff\xd8", b"\x89PNG\r\n\x1a\n" + bytes(100), bytes(1000)):
         assert sequential_jpeg_is_sound(data) is False
+
+
+def test_another_jpeg_library_gets_no_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules are libjpeg-turbo's; with any other decoder the decode decides."""
+    monkeypatch.setattr(structure, "DECODER_IS_LIBJPEG_TURBO", False)
+    assert sequential_jpeg_is_sound(BASE) is False
+    assert sequential_jpeg_headers(BASE) is False
+
+
+def test_this_pillow_decodes_with_libjpeg_turbo() -> None:
+    """Otherwise every test above would prove nothing about the fast path."""
+    assert structure.DECODER_IS_LIBJPEG_TURBO
