@@ -8,6 +8,8 @@ into a domain error here, so callers never see Pillow's exceptions.
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +20,13 @@ from PIL import Image
 
 from app.errors import DomainError, TooManyPixels, Unprocessable
 from app.imaging.formats import SNIFF_BYTES, SourceFormat, sniff
+from app.imaging.jpeg_structure import progressive_scans_over
 from app.settings import Settings
 
 Source = bytes | bytearray | memoryview | str | BinaryIO
+# Progressive scans a JPEG may have (encoders write about 10; mozjpeg's searched scripts and
+# hand-made ones stay far below). More is refused as a decoding bomb.
+MAX_SCANS = 256
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
@@ -133,12 +139,44 @@ def open_source(source: Source, settings: Settings) -> Iterator[tuple[Image.Imag
         with pillow_errors():
             im = Image.open(fp, formats=[fmt.pil_format])
         try:
+            if fmt.pil_format == "JPEG" and im.info.get("progressive"):
+                _refuse_scan_bombs(fp)
             yield im, fmt
         finally:
             im.close()
     finally:
         if owned:
             fp.close()
+
+
+def _refuse_scan_bombs(fp: BinaryIO) -> None:
+    """A progressive JPEG with more than MAX_SCANS scans is refused before any decode: each
+    scan costs a pass over every block, whatever its size in bytes (``jpeg_structure``)."""
+    with source_buffer(fp) as buf:
+        if buf is not None and progressive_scans_over(buf, MAX_SCANS):
+            raise Unprocessable(
+                f"the image has more than {MAX_SCANS} progressive scans (a decoding bomb)"
+            )
+
+
+@contextmanager
+def source_buffer(fp: BinaryIO) -> Iterator[memoryview | mmap.mmap | None]:
+    """The whole of a source without reading it into memory: a BytesIO's own bytes, or a
+    read-only mapping of a file; None where there is neither (an empty file, a pipe)."""
+    if isinstance(fp, io.BytesIO):
+        with fp.getbuffer() as view:
+            yield view
+        return
+    try:
+        fileno = fp.fileno()
+        mapped = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) if os.fstat(fileno).st_size else None
+    except (OSError, ValueError, AttributeError):
+        mapped = None
+    if mapped is None:
+        yield None
+        return
+    with mapped:
+        yield mapped
 
 
 def orientation(im: Image.Image) -> int:

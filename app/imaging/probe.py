@@ -2,17 +2,14 @@
 
 Order matters: the type is sniffed (415), the header is parsed lazily and the pixel and frame
 limits are enforced (422 ``too_many_pixels``) before a single pixel is decoded, so a 60000x60000
-PNG costs microseconds and no memory. Only then is the file decoded once, cheaply, to reject
-truncated and corrupt files (422 ``undecodable``) at upload time instead of at first view.
+PNG costs microseconds and no memory; a progressive JPEG with more than ``MAX_SCANS`` scans
+(a decoding bomb) is refused there too, on its markers. Only then is the file checked once,
+by its markers or by a cheap decode, to reject truncated and corrupt files (422
+``undecodable``) at upload time instead of at first view.
 """
 
 from __future__ import annotations
 
-import io
-import mmap
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image
@@ -24,6 +21,7 @@ from app.imaging.decode import (
     orientation,
     oriented_size,
     pillow_errors,
+    source_buffer,
 )
 from app.imaging.formats import SourceFormat
 from app.imaging.jpeg_structure import sequential_jpeg_headers, sequential_jpeg_is_sound
@@ -73,9 +71,9 @@ def markers_pass_decode_check(path: str) -> bool:
     """The decode check's marker path alone, on a file already probed: True if it passed,
     False if unsure (then ``probe(path, decode=True)`` decides)."""
     try:
-        with open(path, "rb") as fh, _mapped(fh.fileno()) as mapped:
-            return mapped is not None and sequential_jpeg_is_sound(mapped)
-    except (OSError, ValueError):
+        with open(path, "rb") as fh, source_buffer(fh) as buf:
+            return buf is not None and sequential_jpeg_is_sound(buf)
+    except OSError:
         return False
 
 
@@ -88,9 +86,9 @@ def decode_check_reads_markers(path: str) -> bool:
     for the GIL (the marker search holds it).
     """
     try:
-        with open(path, "rb") as fh, _mapped(fh.fileno()) as mapped:
-            return mapped is not None and sequential_jpeg_headers(mapped)
-    except (OSError, ValueError):
+        with open(path, "rb") as fh, source_buffer(fh) as buf:
+            return buf is not None and sequential_jpeg_headers(buf)
+    except OSError:
         return False
 
 
@@ -137,21 +135,7 @@ def _decode_check(im: Image.Image, fmt: SourceFormat, frames: int, settings: Set
 def _markers_known_sound(im: Image.Image) -> bool:
     """Run the marker check on the file Pillow has open (mapped, not read into memory)."""
     fp = getattr(im, "fp", None)
-    if isinstance(fp, io.BytesIO):
-        with fp.getbuffer() as view:
-            return sequential_jpeg_is_sound(view)
-    try:
-        with _mapped(fp.fileno() if fp is not None else -1) as mapped:
-            return mapped is not None and sequential_jpeg_is_sound(mapped)
-    except (OSError, ValueError, AttributeError):
-        return False  # no mappable file under it (a pipe, a stream): the decode decides
-
-
-@contextmanager
-def _mapped(fileno: int) -> Iterator[mmap.mmap | None]:
-    """A read-only mapping of a whole file; None for no file or an empty one (mmap refuses)."""
-    if fileno < 0 or os.fstat(fileno).st_size == 0:
-        yield None
-        return
-    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as mapped:
-        yield mapped
+    if fp is None:
+        return False
+    with source_buffer(fp) as buf:
+        return buf is not None and sequential_jpeg_is_sound(buf)

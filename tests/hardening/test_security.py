@@ -23,6 +23,7 @@ from tests import images
 from tests.conftest import ADMIN, ALICE, BOB, SIGNING, auth
 from tests.hardening.client import Live
 from tests.hardening.conftest import LEAKS, assert_json_error
+from tests.imaging.test_jpeg_structure import progressive_with_scans
 from tests.live import gunicorn
 from tests.test_upload_api import blob_files, staging_files
 
@@ -145,6 +146,18 @@ def test_decoder_errors_leak_nothing(client) -> None:  # type: ignore[no-untyped
         message = r.json["error"]["message"]
         assert not LEAKS.search(message) and "PIL" not in message, message
         assert not re.search(r"/(tmp|work|root|home|usr|var|etc)\b", message), message
+
+
+def test_a_progressive_scan_bomb_is_refused_at_upload_and_stores_nothing(client, data_dir) -> None:  # type: ignore[no-untyped-def]
+    """62 KB that took 8.5 s of CPU to decode (3,000 repeated scans over 4 MP) is a 422 on
+    its markers; nothing is stored, and the next upload is served as usual."""
+    r = client.post("/v1/images", data=progressive_with_scans(3000), headers=auth())
+    assert assert_json_error(r, {422}) == "undecodable"
+    assert "scans" in r.json["error"]["message"]
+    assert blob_files(data_dir) == []
+    assert (
+        client.post("/v1/images", data=progressive_with_scans(0), headers=auth()).status_code == 201
+    )
 
 
 # --- filenames, paths, traversal ----------------------------------------------------------------

@@ -11,16 +11,19 @@ import mmap
 from collections.abc import Callable
 
 import pytest
+from PIL import Image, ImageFile
 
 import app.imaging.jpeg_structure as structure
 from app.errors import Unprocessable
 from app.imaging import probe
+from app.imaging.decode import MAX_SCANS
 from app.imaging.jpeg_structure import (
     MAX_SEGMENTS,
     sequential_jpeg_headers,
     sequential_jpeg_is_sound,
 )
-from app.settings import Settings
+from app.imaging.pipeline import render
+from app.settings import Settings, VariantSpec
 
 from .samples import encode, noisy_rgb
 from .test_decode_check import full_decode_accepts
@@ -222,3 +225,46 @@ def test_another_jpeg_library_gets_no_fast_path(monkeypatch: pytest.MonkeyPatch)
 def test_this_pillow_decodes_with_libjpeg_turbo() -> None:
     """Otherwise every test above would prove nothing about the fast path."""
     assert structure.DECODER_IS_LIBJPEG_TURBO
+
+
+# --- progressive scan bombs -------------------------------------------------------------------
+def progressive_with_scans(extra: int, between: bytes = b"") -> bytes:
+    """A 2000x2000 progressive JPEG (10 scans) with its last scan repeated ``extra`` times:
+    each repeat is a dozen bytes that make libjpeg walk all 62,500 blocks once more."""
+    data = encode(Image.new("RGB", (2000, 2000), (128, 128, 128)), "JPEG", progressive=True)
+    last = data.rindex(b"\xff\xda")
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + (between + data[last:-2]) * extra + b"\xff\xd9"
+
+
+def test_a_progressive_scan_bomb_is_refused_before_any_decode(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = progressive_with_scans(MAX_SCANS)  # 10 scans of its own, so over the limit
+    normal = progressive_with_scans(0)
+    assert len(bomb) - len(normal) < 4000  # 256 more scans in under 4 KB
+    assert structure.progressive_scans_over(bomb, MAX_SCANS)
+    assert not structure.progressive_scans_over(normal, MAX_SCANS)
+    loads: list[object] = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: loads.append(im) or load(im))
+    with pytest.raises(Unprocessable, match="progressive scans"):
+        probe(bomb, settings)
+    with pytest.raises(Unprocessable, match="progressive scans"):
+        render(bomb, VariantSpec("webp", "low", 320), settings)
+    assert loads == []  # refused on its markers alone
+    assert probe(normal, settings).width == 2000
+
+
+def test_the_scan_limit_is_exact_and_counts_scans_behind_garbage() -> None:
+    """libjpeg skips garbage and fill bytes between segments and still decodes what follows,
+    so the count does too; bytes inside a segment (an APP payload) are not markers."""
+    at_limit = progressive_with_scans(MAX_SCANS - 10)
+    assert not structure.progressive_scans_over(at_limit, MAX_SCANS)
+    assert structure.progressive_scans_over(progressive_with_scans(MAX_SCANS - 9), MAX_SCANS)
+    hidden = progressive_with_scans(MAX_SCANS - 9, between=b"junk\xff\xff")
+    assert full_decode_accepts(hidden)  # libjpeg decodes those scans (with warnings)
+    assert structure.progressive_scans_over(hidden, MAX_SCANS)
+    app_payload = b"\xff\xe1" + (2 + 3000).to_bytes(2, "big") + b"\xff\xda\x00\x08" * 750
+    padded = at_limit[:2] + app_payload + at_limit[2:]
+    assert not structure.progressive_scans_over(padded, MAX_SCANS)
