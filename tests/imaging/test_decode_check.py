@@ -82,16 +82,24 @@ def draft_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(probe_module, "_markers_known_sound", lambda im: False)
 
 
+def damage(
+    rnd: random.Random, data: bytes, lo: int, hi: int, counts: list[int], *, replace: bool
+) -> bytes:
+    """``data`` with a few bytes in [lo, hi) replaced at random or with one bit flipped."""
+    out = bytearray(data)
+    for _ in range(rnd.choice(counts)):
+        at = rnd.randrange(lo, hi)
+        out[at] = rnd.randrange(256) if replace else out[at] ^ (1 << rnd.randrange(8))
+    return bytes(out)
+
+
 def mutations(name: str, data: bytes) -> list[tuple[str, bytes]]:
     rnd = random.Random(f"decode-check/{name}")
     start = entropy_start(data)
     cases = []
     for i in range(60):
-        out = bytearray(data)
-        for _ in range(rnd.choice([1, 2, 4, 16])):
-            at = rnd.randrange(start, len(data) - 2)
-            out[at] = rnd.randrange(256) if i % 2 else out[at] ^ (1 << rnd.randrange(8))
-        cases.append((f"corrupt-{i}", bytes(out)))
+        damaged = damage(rnd, data, start, len(data) - 2, [1, 2, 4, 16], replace=bool(i % 2))
+        cases.append((f"corrupt-{i}", damaged))
     for i in range(20):
         at = rnd.randrange(start, len(data) - 2)
         span = rnd.randrange(1, 400)
@@ -108,11 +116,7 @@ def header_mutations(name: str, data: bytes) -> list[tuple[str, bytes]]:
     end = entropy_start(data)
     cases = []
     for i in range(60):
-        out = bytearray(data)
-        for _ in range(rnd.choice([1, 1, 2, 3])):
-            at = rnd.randrange(2, end)
-            out[at] = rnd.randrange(256) if i % 2 else out[at] ^ (1 << rnd.randrange(8))
-        cases.append((f"header-{i}", bytes(out)))
+        cases.append((f"header-{i}", damage(rnd, data, 2, end, [1, 1, 2, 3], replace=bool(i % 2))))
     for i in range(30):
         at = rnd.randrange(2, len(data))
         marker = bytes([0xFF, rnd.randrange(256)]) + rnd.randbytes(rnd.randrange(6))
